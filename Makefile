@@ -1,0 +1,41 @@
+# One entry point for humans and CI. `make test` on a fresh clone builds .venv and runs the suite.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.installed
+
+.PHONY: install test test-slow test-vllm demo bench style quality clean
+
+$(STAMP): pyproject.toml constraints.txt
+	python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip setuptools wheel
+	# torch first: sam2 compiles against it without build isolation.
+	$(PIP) install -q -c constraints.txt torch torchvision
+	# SAM2_BUILD_CUDA=0: the CUDA post-processing extension is optional and unused by the mask tokenizer.
+	SAM2_BUILD_CUDA=0 $(PIP) install -q --no-build-isolation -c constraints.txt sam2
+	$(PIP) install -q -c constraints.txt -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -q -m slow
+
+demo: $(STAMP)
+	$(PY) -m samtok_rl.demo
+
+bench: $(STAMP)
+	$(PY) benchmarks/codec.py
+
+style: $(STAMP)
+	$(PY) -m ruff format samtok_rl rewards tests benchmarks
+	$(PY) -m ruff check --fix samtok_rl rewards tests benchmarks
+
+quality: $(STAMP)
+	$(PY) -m ruff check samtok_rl rewards tests benchmarks
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,1 @@
+"""samtok-rl: GRPO post-training for SAMTok vision-language models."""
