@@ -1,0 +1,62 @@
+"""The `samtok-rl` command: `samtok-rl {prepare,train,eval} ...`.
+
+Each subcommand hands its remaining arguments to its module's `main(argv)`. Modules are imported only when their
+subcommand runs, so `samtok-rl prepare` does not pay for importing the trainer (and a missing optional piece only
+breaks the subcommand that needs it).
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from collections.abc import Sequence
+
+
+# subcommand -> (module, one-line help)
+SUBCOMMANDS = {
+    "prepare": ("samtok_rl.prepare", "tokenize GT masks and write an RL dataset (gRefCOCO / GranD-f)"),
+    "train": ("samtok_rl.grpo", "GRPO training (TRL) from a recipe"),
+    "eval": ("samtok_rl.evaluate", "GRES / GCG evaluation"),
+}
+
+
+def _usage() -> str:
+    lines = ["usage: samtok-rl {prepare,train,eval} [args...]", "", "subcommands:"]
+    lines += [f"  {name:<8} {text}" for name, (_, text) in SUBCOMMANDS.items()]
+    lines += ["", "Run `samtok-rl <subcommand> --help` for its options."]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Dispatch `samtok-rl <subcommand> [args...]` to `<module>.main(args)`.
+
+    Args:
+        argv (`Sequence[str]`, *optional*): the arguments after the program name; defaults to `sys.argv[1:]`.
+
+    Returns:
+        `int`: the process exit status.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage())
+        return 0 if argv else 2
+    command, rest = argv[0], argv[1:]
+    if command not in SUBCOMMANDS:
+        print(f"samtok-rl: unknown subcommand {command!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    module_name = SUBCOMMANDS[command][0]
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as err:
+        # Only the subcommand's own module being absent gets the friendly message; a missing dependency inside it
+        # is a real error and keeps its traceback.
+        if err.name != module_name:
+            raise
+        print(f"samtok-rl {command}: {module_name} is not available in this installation ({err})", file=sys.stderr)
+        return 1
+    module.main(rest)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
