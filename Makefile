@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-slow test-vllm demo bench style quality clean
+.PHONY: install test test-slow test-vllm demo bench sample style quality clean
 
 $(STAMP): pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
@@ -30,12 +30,19 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/codec.py
 
+# Rebuild the bundled real-photo sample from the images shipped in the scikit-image and imgaug wheels.
+sample: $(STAMP)
+	$(PIP) install -q -c constraints.txt -e '.[sample]'
+	# imgaug ships the quokka photo; --no-deps because its dependencies (opencv, ...) break on numpy 2.
+	$(PIP) install -q --no-deps imgaug==0.4.0
+	$(PY) scripts/build_sample.py
+
 style: $(STAMP)
-	$(PY) -m ruff format samtok_rl rewards tests benchmarks
-	$(PY) -m ruff check --fix samtok_rl rewards tests benchmarks
+	$(PY) -m ruff format samtok_rl rewards tests benchmarks scripts
+	$(PY) -m ruff check --fix samtok_rl rewards tests benchmarks scripts
 
 quality: $(STAMP)
-	$(PY) -m ruff check samtok_rl rewards tests benchmarks
+	$(PY) -m ruff check samtok_rl rewards tests benchmarks scripts
 
 clean:
 	rm -rf $(VENV) .pytest_cache
