@@ -111,11 +111,13 @@ def parse_masks(text: str, repair: bool = True) -> list[tuple[int, int]]:
     if not isinstance(text, str) or _FRAGMENT not in text:
         return []
     out: list[tuple[int, int]] = []
-    if not repair:
-        for a, b in _STRICT_RE.findall(text):
-            c0, c1 = int(a), int(b) - CODEBOOK_SIZE
-            if c0 < CODEBOOK_SIZE and 0 <= c1 < CODEBOOK_SIZE:
-                out.append((c0, c1))
+    strict = _STRICT_RE.findall(text)
+    # Fast path: when every span opener starts a well-formed span, the strict matches are the whole answer.
+    if not repair or text.count(MASK_START) == len(strict):
+        for a, b in strict:
+            codes = _codes_from_numbers((int(a), int(b)))
+            if codes is not None and (repair or codes[1] >= 0):
+                out.append(codes)
         return out
     for body in _SPAN_RE.findall(text):
         # Only 4-digit tokens are vocabulary tokens; anything else counts as an out-of-range number.
