@@ -198,3 +198,69 @@ def test_mask_token_ids_missing_tokens_is_a_clear_error():
 
 def test_mask_token_ids_pickles():
     assert pickle.loads(pickle.dumps(mask_ids)) == mask_ids
+
+
+# --- add_mask_tokens on a real tokenizer and model ------------------------------------------------------------------
+def _fresh_base(seed=0):
+    """A tiny tokenizer without mask tokens and a text model whose vocabulary is padded beyond it (like real Qwen)."""
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from samtok_rl.tiny import build_tiny_processor
+
+    processor = build_tiny_processor("qwen2_5_vl")
+    tok = processor.tokenizer
+    assert MASK_START not in tok.get_vocab()
+    torch.manual_seed(seed)
+    config = Qwen2Config(vocab_size=len(tok) + 7, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=False)
+    return processor, Qwen2ForCausalLM(config)
+
+
+def test_add_mask_tokens_non_special_ordered_and_initialised():
+    import torch
+
+    from samtok_rl.tokens import add_mask_tokens
+
+    processor, model = _fresh_base()
+    tok = processor.tokenizer
+    n_base, rows_before = len(tok), model.get_input_embeddings().weight.shape[0]
+    old = model.get_input_embeddings().weight[:n_base].detach().clone()
+    ids = add_mask_tokens(processor, model, seed=3)
+    assert ids == list(range(n_base, n_base + 514))  # appended in vocabulary order
+    assert all(not t.special for t in tok.added_tokens_decoder.values() if t.content in MASK_TOKENS)
+    # Resized to the tokenizer (the padded rows beyond the base vocabulary are reused, never shrunk).
+    weight = model.get_input_embeddings().weight
+    assert weight.shape[0] == max(rows_before, len(tok)) == n_base + 514
+    assert torch.equal(weight[:n_base], old)  # base rows untouched
+    new = weight[n_base:].detach()
+    mean, std = old.mean(0), old.std(0).clamp(min=1e-3)
+    assert torch.allclose(new.mean(0), mean, atol=float(4 * 0.02 * std.max() / 514**0.5 * 3))
+    assert (new - mean).abs().max() < 0.02 * std.max() * 6
+    # The untied output head got its own rows too.
+    assert not torch.equal(model.get_output_embeddings().weight[n_base:], torch.zeros_like(new))
+    # Seeded: the same seed gives the same rows.
+    processor2, model2 = _fresh_base()
+    add_mask_tokens(processor2, model2, seed=3)
+    assert torch.equal(model2.get_input_embeddings().weight[n_base:], new)
+    # Survives skip_special_tokens decoding (TRL decodes completions that way).
+    text = "x" + format_mask(5, 6)
+    assert tok.decode(tok(text, add_special_tokens=False)["input_ids"], skip_special_tokens=True) == text
+
+
+def test_add_mask_tokens_idempotent_and_partial():
+    from samtok_rl.tokens import add_mask_tokens
+
+    processor, model = _fresh_base()
+    tok = processor.tokenizer
+    # A tokenizer that already has some of the tokens: only the missing ones are added, order preserved.
+    tok.add_tokens(list(MASK_TOKENS[:10]))
+    ids = add_mask_tokens(processor, model)
+    assert len(set(ids)) == 514 and ids[10:] == sorted(ids[10:])
+    n = len(tok)
+    rows = model.get_input_embeddings().weight.detach().clone()
+    assert add_mask_tokens(processor, model) == ids  # second call: nothing changes
+    assert len(tok) == n
+    import torch
+
+    assert torch.equal(model.get_input_embeddings().weight, rows)
