@@ -56,10 +56,6 @@ def conversation(question: str) -> list[dict]:
     return [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
 
 
-_THINK_RE = re.compile(r"<think>(.*?)</think>", re.DOTALL)
-_ANSWER_RE = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
-
-
 def split_think_answer(text: str) -> tuple[str | None, str | None]:
     """Split a response into its think and answer parts with the reference's robust rules.
 
@@ -79,9 +75,14 @@ def split_think_answer(text: str) -> tuple[str | None, str | None]:
     """
     if not isinstance(text, str):
         return None, None
-    m_think, m_answer = _THINK_RE.search(text), _ANSWER_RE.search(text)
-    think = m_think.group(1) if m_think else None
-    answer = m_answer.group(1) if m_answer else None
+    # Same result as re.search(r"<think>(.*?)</think>", re.DOTALL) (and its answer twin) at a fraction of the cost:
+    # that regex matches at the first `<think>` when any `</think>` follows it, and nowhere otherwise.
+    i = text.find("<think>")
+    j = text.find("</think>", i + 7) if i >= 0 else -1
+    k = text.find("<answer>")
+    m = text.find("</answer>", k + 8) if k >= 0 else -1
+    think = text[i + 7 : j] if j >= 0 else None
+    answer = text[k + 8 : m] if m >= 0 else None
     if think is None or answer is None:
         for sep in ("<answer>", "</think>"):
             if sep in text:

@@ -264,3 +264,29 @@ def test_add_mask_tokens_idempotent_and_partial():
     import torch
 
     assert torch.equal(model.get_input_embeddings().weight, rows)
+
+
+# --- the think/answer split is the reference regex rule, implemented with str.find --------------------------------
+tagged = st.lists(st.sampled_from(["<think>", "</think>", "<answer>", "</answer>", "a", "\n", " ", "<", ">"]),
+                  max_size=14).map("".join)
+
+
+@given(tagged)
+@settings(max_examples=3000, deadline=None)
+def test_split_think_answer_matches_reference_regexes(text):
+    import re
+
+    from samtok_rl.prompts import split_think_answer
+
+    m_think = re.search(r"<think>(.*?)</think>", text, re.DOTALL)
+    m_answer = re.search(r"<answer>(.*?)</answer>", text, re.DOTALL)
+    think = m_think.group(1) if m_think else None
+    answer = m_answer.group(1) if m_answer else None
+    if think is None or answer is None:
+        for sep in ("<answer>", "</think>"):
+            if sep in text:
+                head, tail = text.split(sep, 1)
+                think = head if think is None else think
+                answer = tail if answer is None else answer
+                break
+    assert split_think_answer(text) == (think, answer)
