@@ -30,6 +30,7 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/codec.py
 	$(PY) benchmarks/mask_decode.py
+	$(PY) benchmarks/rewards.py
 
 # Rebuild the bundled real-photo sample from the images shipped in the scikit-image and imgaug wheels.
 sample: $(STAMP)

@@ -1,1 +1,140 @@
-"""Built-in rewards."""
+"""Built-in rewards for SAMTok GRPO, with TRL's reward signature.
+
+Every reward is `f(prompts, completions, completion_ids=None, **kwargs) -> list[float | None]`; ground truth comes
+from dataset columns (`solution`, `gt_masks`, `image`, `task`), and `__name__` is both the `REWARDS` key and the
+metric TRL logs (`rewards/<name>/mean`). Recipes select rewards by name (or by `PRESETS`); `resolve` also accepts
+`pkg.module.fn` and `path/to/file.py:fn` for user rewards.
+
+Example:
+>>> import rewards
+>>> [f.__name__ for f in map(rewards.resolve, rewards.PRESETS["gres"])]
+['format_reward', 'gres_mask_reward', 'repetition_think_reward', 'repetition_answer_reward']
+>>> rewards.resolve("rewards.gcg.gcg_phrase_reward") is rewards.REWARDS["gcg_phrase_reward"]
+True
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from rewards._bind import TokenizerBoundReward
+from rewards.gcg import gcg_grounded_reward, gcg_mask_reward, gcg_phrase_reward
+from rewards.gres import (
+    RepetitionReward,
+    format_reward,
+    get_repetition_reward,
+    gres_mask_reward,
+    gres_mask_reward_hungarian,
+)
+from rewards.iou import MaskIoUReward, get_mask_iou_reward
+
+
+__all__ = [
+    "PRESETS",
+    "REWARDS",
+    "MaskIoUReward",
+    "RepetitionReward",
+    "TokenizerBoundReward",
+    "bind_tokenizer",
+    "format_reward",
+    "gcg_grounded_reward",
+    "gcg_mask_reward",
+    "gcg_phrase_reward",
+    "get_mask_iou_reward",
+    "get_repetition_reward",
+    "gres_mask_reward",
+    "gres_mask_reward_hungarian",
+    "resolve",
+]
+
+# The only registry: name -> reward, keys equal to `__name__`. `mask_iou_reward` is unconfigured here (it raises on
+# first use); the entry point builds it with `get_mask_iou_reward(mask_tokenizer=...)` from the recipe.
+REWARDS: dict[str, Callable] = {
+    f.__name__: f
+    for f in (
+        format_reward,
+        gres_mask_reward,
+        gres_mask_reward_hungarian,
+        get_repetition_reward(part="full"),
+        get_repetition_reward(part="think"),
+        get_repetition_reward(part="answer"),
+        gcg_mask_reward,
+        gcg_phrase_reward,
+        gcg_grounded_reward,
+        get_mask_iou_reward(),
+    )
+}
+
+# The reference reward sums: GRES 0..4 (format + accuracy + non-repeat on think and on answer), GCG 0..3.
+PRESETS: dict[str, list[str]] = {
+    "gres": ["format_reward", "gres_mask_reward", "repetition_think_reward", "repetition_answer_reward"],
+    "gcg": ["gcg_mask_reward", "gcg_phrase_reward", "repetition_reward"],
+}
+
+
+def resolve(spec: str | Callable) -> Callable:
+    """Turn a reward spec into a callable: a `REWARDS` name, a dotted path `pkg.module.fn`, or `path/file.py:fn`.
+
+    A callable is returned as is. A file is imported as module `rewards_plugin_<stem>` (registered in
+    `sys.modules`, so its functions pickle within the process).
+
+    Args:
+        spec (`str` or `Callable`): the reward to resolve.
+
+    Returns:
+        `Callable`: the reward.
+
+    Raises:
+        `ValueError`: for an unknown name (the message lists the known ones).
+
+    Example:
+    >>> resolve("format_reward").__name__
+    'format_reward'
+    >>> resolve("no_such_reward")
+    Traceback (most recent call last):
+    ...
+    ValueError: unknown reward 'no_such_reward'; known: format_reward, gcg_grounded_reward, gcg_mask_reward, gcg_phrase_reward, gres_mask_reward, gres_mask_reward_hungarian, mask_iou_reward, repetition_answer_reward, repetition_reward, repetition_think_reward (or give 'pkg.module.fn' or 'path/to/file.py:fn')
+    """
+    if callable(spec):
+        return spec
+    if spec in REWARDS:
+        return REWARDS[spec]
+    if ".py:" in spec:
+        path, _, name = spec.rpartition(":")
+        module_name = f"rewards_plugin_{Path(path).stem}"
+        module_spec = importlib.util.spec_from_file_location(module_name, path)
+        if module_spec is None or not Path(path).is_file():
+            raise FileNotFoundError(f"reward file not found: {path}")
+        module = importlib.util.module_from_spec(module_spec)
+        sys.modules[module_name] = module
+        module_spec.loader.exec_module(module)
+        return getattr(module, name)
+    if "." in spec:
+        module_name, _, name = spec.rpartition(".")
+        return getattr(importlib.import_module(module_name), name)
+    raise ValueError(
+        f"unknown reward {spec!r}; known: {', '.join(sorted(REWARDS))} (or give 'pkg.module.fn' or 'path/to/file.py:fn')"
+    )
+
+
+def bind_tokenizer(reward: Callable, tokenizer) -> TokenizerBoundReward:
+    """Make `reward` score text rebuilt from TRL's `completion_ids` with `tokenizer` (grounding markers kept).
+
+    TRL decodes completions with `skip_special_tokens=True`, which removes Qwen's `<|object_ref_start|>` and
+    `<|object_ref_end|>`; the bound reward decodes the ids itself, keeping those and the mask tokens and dropping EOS
+    and padding. Its `__name__` is the reward's. Bind every reward of a run the same way (the entry point does).
+
+    Args:
+        reward (`Callable`): any reward with TRL's signature (an already bound one is re-bound).
+        tokenizer: the policy's tokenizer or processor, or a folder holding it.
+
+    Returns:
+        `TokenizerBoundReward`.
+    """
+    if isinstance(reward, TokenizerBoundReward):
+        reward = reward.reward
+    return TokenizerBoundReward(reward, tokenizer)

@@ -1,0 +1,83 @@
+"""Re-decode TRL's `completion_ids` so rewards see the grounding markers that `skip_special_tokens=True` drops."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from samtok_rl.prompts import OBJ_REF_END, OBJ_REF_START
+
+
+# Special tokens that carry grounding and must survive decoding; every other special token (EOS, padding, chat and
+# vision markers) is dropped, as TRL's own decoding drops it.
+KEEP_SPECIAL = (OBJ_REF_START, OBJ_REF_END, "<|box_start|>", "<|box_end|>", "<|quad_start|>", "<|quad_end|>")
+
+
+class IdDecoder:
+    """Decode token ids keeping the grounding markers and the (non-special) mask tokens, dropping other specials.
+
+    Args:
+        tokenizer (`PreTrainedTokenizerBase`): the policy's text tokenizer.
+    """
+
+    def __init__(self, tokenizer) -> None:
+        self.tokenizer = tokenizer
+        keep = set(tokenizer.convert_tokens_to_ids([t for t in KEEP_SPECIAL if t in tokenizer.get_vocab()]))
+        special = {i for i, token in tokenizer.added_tokens_decoder.items() if token.special}
+        special.update(tokenizer.all_special_ids)  # eos/pad even when they are not added tokens
+        self.drop = frozenset(special - keep)
+
+    def __call__(self, batch_ids) -> list[str]:
+        drop = self.drop
+        kept = [[i for i in (ids if isinstance(ids, list) else ids.tolist()) if i not in drop] for ids in batch_ids]
+        return self.tokenizer.batch_decode(kept, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+
+
+class TokenizerBoundReward:
+    """A reward that scores text rebuilt from `completion_ids` with a bound tokenizer (see `rewards.bind_tokenizer`).
+
+    When TRL passes `completion_ids`, they are decoded (grounding and mask tokens kept, EOS and padding dropped)
+    and handed to the wrapped reward as `completions` (conversational completions stay conversational); without
+    ids the reward scores the text it is given. Picklable: the decoder is rebuilt lazily after unpickling.
+
+    Args:
+        reward (`Callable`): any reward with TRL's signature.
+        tokenizer (`PreTrainedTokenizerBase`, `ProcessorMixin`, `str` or `Path`):
+            the policy's tokenizer, its processor, or a folder to load it from (lazily, with `AutoTokenizer`).
+    """
+
+    def __init__(self, reward, tokenizer) -> None:
+        from trl.trainer.utils import get_callable_name
+
+        self.reward = reward
+        self.__name__ = get_callable_name(reward)
+        from transformers import ProcessorMixin
+
+        # Keep the text tokenizer only: it pickles, and processors carry image processors the rewards never use.
+        self.tokenizer = tokenizer.tokenizer if isinstance(tokenizer, ProcessorMixin) else tokenizer
+        self._decoder: IdDecoder | None = None
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_decoder": None}
+
+    def decode(self, completion_ids) -> list[str]:
+        """Decode a batch of completion ids (lists of ints or 1-D tensors) to reward text."""
+        if self._decoder is None:
+            tokenizer = self.tokenizer
+            if isinstance(tokenizer, (str, Path)):
+                from transformers import AutoTokenizer
+
+                tokenizer = AutoTokenizer.from_pretrained(tokenizer)
+            self._decoder = IdDecoder(tokenizer)
+        return self._decoder(completion_ids)
+
+    def __call__(self, prompts, completions, completion_ids=None, **kwargs) -> list[float | None]:
+        if completion_ids is not None:
+            texts = self.decode(completion_ids)
+            if completions is not None and completions and isinstance(completions[0], list):
+                completions = [[{"role": "assistant", "content": text}] for text in texts]
+            else:
+                completions = texts
+        return self.reward(prompts=prompts, completions=completions, completion_ids=completion_ids, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.__name__})"

@@ -1,0 +1,1 @@
+"""Example user rewards, loadable with `rewards.resolve("rewards/examples/<file>.py:<fn>")`."""
