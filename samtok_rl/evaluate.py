@@ -1,0 +1,803 @@
+"""`samtok-rl eval`: GRES (gRefCOCO) and GCG (GranD-f) evaluation of a SAMTok VLM, as the SAMTok paper reports it.
+
+The runner follows SAMTok's eval protocol (`shared/reference/metrics.md` §6): greedy decoding of the task prompt
+(the R1 think/answer suffix with `--think`), text decoded with `skip_special_tokens=False`, mask spans parsed from the
+answer part with the codec's repair rules, masks decoded with the SAMTok mask tokenizer at the original image size,
+then ReLA's GRES accounting (gIoU / cIoU / N-acc) or the GLaMM GCG evaluator (METEOR / CIDEr / AP50 / mIoU / Recall).
+
+Each split writes `predictions_<split>.jsonl` (one line per sample: prediction text, codes, RLE masks) in the output
+folder; a re-run skips the samples already there, so an interrupted evaluation resumes. `metrics.json` holds the
+metrics per split, the parse statistics and every setting that changes the numbers (`max_pixels`, `max_new_tokens`,
+prompt, backend, seed).
+
+Example (the bundled sample, the tiny random VLM and the seeded micro mask tokenizer, on CPU):
+
+    samtok-rl eval --task gres --sample --split val --model "$(python -c 'from samtok_rl.tiny import build_tiny_vlm; print(build_tiny_vlm())')" \
+        --mask-tokenizer micro --output-dir out/eval-gres --max-new-tokens 16 --max-pixels 12544
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import logging
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from tqdm.auto import tqdm
+
+# samtok_rl.data (pycocotools, datasets) and the metrics are imported where used: the generators must stay importable
+# in the lean vLLM test environment.
+from samtok_rl.prompts import (
+    GCG_QUESTION,
+    GRES_TEMPLATE,
+    conversation,
+    gcg_question,
+    gres_question,
+    parse_gcg,
+    split_think_answer,
+)
+from samtok_rl.tokens import parse_masks
+
+
+logger = logging.getLogger(__name__)
+
+TASKS = ("gres", "gcg")
+METRICS_FILE = "metrics.json"
+SETTINGS_FILE = "eval_settings.json"
+
+# SAMTok's protocol (metrics.md §6): RL models (think/answer prompt) get a longer generation budget.
+MAX_NEW_TOKENS = {("gres", True): 1024, ("gcg", True): 2048, ("gres", False): 128, ("gcg", False): 512}
+# The RL recipe's image resolution (EasyR1 config: 3136 / 1,605,632 = 4 to 2048 merged 28x28 patches). The eval
+# fixes it instead of inheriting each checkpoint's processor default, because the numbers move with it.
+DEFAULT_MIN_PIXELS = 3136
+DEFAULT_MAX_PIXELS = 1_605_632
+# The reference RL GRES eval keeps only the first span when an answer has more than this many (a degenerate loop).
+GRES_MAX_SPANS = 10
+# Qwen3-VL's chat template can leave an empty think block at the start of the output; SAMTok's eval strips it.
+QWEN3_EMPTY_THINK = "<think>\n\n</think>\n\n"
+DEFAULT_BATCH_SIZE = {"hf": 8, "vllm": 512}
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Parsing model outputs (pure functions).
+
+
+def clean_output(text: str, strip_tokens: Sequence[str] = ()) -> str:
+    """Remove the Qwen3-VL empty think block and any trailing EOS/pad token strings from a decoded output.
+
+    Example:
+    >>> clean_output("<think>\\n\\n</think>\\n\\nNo target.<|im_end|><|endoftext|>", ["<|im_end|>", "<|endoftext|>"])
+    'No target.'
+    """
+    text = text.replace(QWEN3_EMPTY_THINK, "")
+    stripped = True
+    while stripped:
+        stripped = False
+        text = text.rstrip()
+        for token in strip_tokens:
+            if token and text.endswith(token):
+                text = text[: -len(token)]
+                stripped = True
+    return text
+
+
+def answer_part(text: str, think: bool) -> tuple[str, bool]:
+    """The part of an output the masks are read from, and whether the think/answer split found it.
+
+    With `think`, the answer of `split_think_answer` (the reference's robust rules); when the output has neither
+    `<answer>` nor `</think>`, the whole output is used (a lenient choice, counted as `no_answer_tag` in the
+    metrics). Without `think`, the whole output.
+
+    Example:
+    >>> answer_part("<think>one cup</think><answer>No target.</answer>", think=True)
+    ('No target.', True)
+    >>> answer_part("No target.", think=True)
+    ('No target.', False)
+    """
+    if not think:
+        return text, True
+    _, answer = split_think_answer(text)
+    return (text, False) if answer is None else (answer, True)
+
+
+def parse_gres(text: str, think: bool) -> dict:
+    """Read one GRES output: the codes of every span in the answer part (repair mode).
+
+    With `think` (the RL protocol), an answer with more than 10 spans keeps only its first span, as the reference
+    RL GRES eval does; the non-RL reference has no such rule.
+
+    Returns:
+        `dict`: `answer` (str), `found_answer` (bool), `codes` (list of `[c0, c1]`, `c1 == -1` = missing level-1
+        code), `num_spans` (before the cap), `capped` (bool).
+
+    Example:
+    >>> parse_gres("<think>x</think><answer>[{\\"mask_2d\\": \\"<|mt_start|><|mt_0001|><|mt_0258|><|mt_end|>\\"}]</answer>", True)["codes"]
+    [[1, 2]]
+    """
+    answer, found = answer_part(text, think)
+    codes = [list(c) for c in parse_masks(answer, repair=True)]
+    num_spans = len(codes)
+    capped = think and num_spans > GRES_MAX_SPANS
+    if capped:
+        codes = codes[:1]
+    return {"answer": answer, "found_answer": found, "codes": codes, "num_spans": num_spans, "capped": capped}
+
+
+def parse_gcg_output(text: str, think: bool) -> dict:
+    """Read one GCG output: caption, phrases and, per phrase, the span that follows it (`prompts.parse_gcg`).
+
+    A phrase without a span gets `None` (it is scored with an empty mask); spans not paired with a phrase are
+    dropped and counted, so one missing span never shifts the pairing of later phrases (SAMTok's own script pairs
+    by position).
+
+    Returns:
+        `dict`: `answer`, `found_answer`, `caption`, `phrases`, `codes` (one `[c0, c1]` or `None` per phrase),
+        `num_spans` (all spans of the answer), `phrases_without_span`, `spans_without_phrase`.
+
+    Example:
+    >>> out = parse_gcg_output("<|object_ref_start|> a cat <|object_ref_end|> and <|object_ref_start|> a hat "
+    ...                        "<|object_ref_end|> <|mt_start|><|mt_0003|><|mt_0260|><|mt_end|>", think=False)
+    >>> out["caption"], out["codes"], out["phrases_without_span"], out["spans_without_phrase"]
+    ('a cat and a hat', [None, [3, 4]], 1, 0)
+    """
+    answer, found = answer_part(text, think)
+    caption, phrases, codes = parse_gcg(answer)
+    num_spans = len(parse_masks(answer, repair=True))
+    paired = sum(c is not None for c in codes)
+    return {
+        "answer": answer,
+        "found_answer": found,
+        "caption": caption,
+        "phrases": phrases,
+        "codes": [None if c is None else list(c) for c in codes],
+        "num_spans": num_spans,
+        "phrases_without_span": len(codes) - paired,
+        "spans_without_phrase": num_spans - paired,
+    }
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Data.
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One evaluation sample: a GRES sentence or a GCG image."""
+
+    id: str
+    image: str
+    question: str
+    expression: str = ""  # gres
+    image_id: str = ""  # gcg (GranD-f file stem)
+
+
+def _first_dir(candidates: Sequence[Path], what: str) -> Path:
+    for path in candidates:
+        if path.is_dir():
+            return path
+    tried = "\n  ".join(str(p) for p in candidates)
+    raise SystemExit(f"cannot find the {what}; tried:\n  {tried}\npass it with --images")
+
+
+def _first_file(candidates: Sequence[Path], what: str) -> Path:
+    for path in candidates:
+        if path.is_file():
+            return path
+    tried = "\n  ".join(str(p) for p in candidates)
+    raise SystemExit(f"cannot find {what}; tried:\n  {tried}")
+
+
+def read_split(task: str, data: Path, split: str, images: Path | None = None):
+    """Read one split of a gRefCOCO or GranD-f val/test layout as a `datasets.Dataset` of the data readers.
+
+    Layouts (the first match wins; `--images` overrides the image folder):
+    - GRES: `grefs(unc).json` + `instances.json` in `data` (or `data/grefcoco`); images in `data/images/train2014`,
+      `data/images`, `data/train2014`, `data/coco2014/train2014` or `data/../images`.
+    - GCG: `{split}_gcg_coco_caption_gt.json` + `{split}_gcg_coco_mask_gt.json` in `data/annotations/val_test`,
+      `data/val_test` or `data`; images in `data/GranDf_HA_images/val_test`, `data/images/val_test`,
+      `data/images/grandf/val_test`, `data/images` or `data/../images`.
+    """
+    from samtok_rl.data import read_grandf_gcg_gt, read_grefcoco
+
+    data = Path(data)
+    if task == "gres":
+        refs = _first_file([data / "grefs(unc).json", data / "grefcoco" / "grefs(unc).json"], "grefs(unc).json")
+        root = refs.parent
+        image_dir = images or _first_dir(
+            [root / "images" / "train2014", root / "images", root / "train2014", root / "coco2014" / "train2014",
+             root.parent / "images"],
+            "gRefCOCO image folder (COCO train2014)",
+        )  # fmt: skip
+        return read_grefcoco(refs, root / "instances.json", image_dir, splits=split)
+    names = (f"{split}_gcg_coco_caption_gt.json", f"{split}_gcg_coco_mask_gt.json")
+    folders = [data / "annotations" / "val_test", data / "val_test", data]
+    caption_file = _first_file([f / names[0] for f in folders], names[0])
+    image_dir = images or _first_dir(
+        [data / "GranDf_HA_images" / "val_test", data / "images" / "val_test", data / "images" / "grandf" / "val_test",
+         data / "images", data.parent / "images"],
+        "GranD-f val_test image folder",
+    )  # fmt: skip
+    return read_grandf_gcg_gt(caption_file, caption_file.parent / names[1], image_dir)
+
+
+def make_samples(task: str, rows, think: bool, template: str | None = None) -> list[Sample]:
+    """One `Sample` per row, with a stable id (GRES: `ref_id-sent_id`, GCG: the image id) used for resuming."""
+    samples, seen = [], {}
+    for row in rows:
+        if task == "gres":
+            key = f"{row['ref_id']}-{row['sent_id']}"
+            question = gres_question(row["expression"], think=think, template=template or GRES_TEMPLATE)
+            sample = Sample(key, row["image"], question, expression=row["expression"])
+        else:
+            key = str(row["image_id"])
+            question = gcg_question(think=think, question=template or GCG_QUESTION)
+            sample = Sample(key, row["image"], question, image_id=key)
+        # Duplicated ids (should not happen in the public files) get an occurrence suffix, deterministically.
+        count = seen.get(sample.id, 0)
+        seen[sample.id] = count + 1
+        if count:
+            sample = Sample(f"{sample.id}#{count}", sample.image, sample.question, sample.expression, sample.image_id)
+        samples.append(sample)
+    return samples
+
+
+def load_image(path: str) -> Image.Image:
+    with Image.open(path) as img:
+        return img.convert("RGB")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Generation backends.
+
+
+class HFGenerator:
+    """Greedy generation with transformers `generate` (CPU or GPU), left-padded batches.
+
+    Args:
+        model (`str`): model folder or Hub id.
+        device (`str`): torch device; bf16 on CUDA, fp32 otherwise.
+        max_new_tokens (`int`): generation budget.
+        min_pixels (`int`), max_pixels (`int`): the image processor's resolution bounds.
+    """
+
+    def __init__(self, model: str, device: str, max_new_tokens: int, min_pixels: int, max_pixels: int):
+        import torch
+        from transformers import AutoModelForImageTextToText, AutoProcessor
+
+        self.processor = AutoProcessor.from_pretrained(model, min_pixels=min_pixels, max_pixels=max_pixels)
+        self.processor.tokenizer.padding_side = "left"  # decoder-only batches pad on the left
+        dtype = torch.bfloat16 if str(device).startswith("cuda") else torch.float32
+        self.model = AutoModelForImageTextToText.from_pretrained(model, dtype=dtype).to(device).eval()
+        self.device = device
+        self.max_new_tokens = max_new_tokens
+        eos = self.model.generation_config.eos_token_id
+        self.stop_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+        tok = self.processor.tokenizer
+        if tok.eos_token_id is not None:
+            self.stop_ids.add(tok.eos_token_id)
+        self.pad_id = tok.pad_token_id
+
+    def image_resolution(self) -> dict:
+        size = self.processor.image_processor.size
+        return {"min_pixels": int(size["shortest_edge"]), "max_pixels": int(size["longest_edge"])}
+
+    def generate(self, questions: Sequence[str], images: Sequence[Image.Image]) -> list[str]:
+        import torch
+
+        texts = [
+            self.processor.apply_chat_template(conversation(q), tokenize=False, add_generation_prompt=True)
+            for q in questions
+        ]
+        inputs = self.processor(text=texts, images=list(images), padding=True, return_tensors="pt").to(self.device)
+        with torch.inference_mode():
+            out = self.model.generate(
+                **inputs,
+                max_new_tokens=self.max_new_tokens,
+                do_sample=False,
+                temperature=None,
+                top_p=None,
+                top_k=None,
+            )
+        results = []
+        for ids in out[:, inputs["input_ids"].shape[1] :].tolist():
+            # Cut at the first stop token; the pad id can follow it in a batch.
+            for k, token in enumerate(ids):
+                if token in self.stop_ids:
+                    ids = ids[:k]
+                    break
+            ids = [t for t in ids if t != self.pad_id]
+            results.append(
+                self.processor.tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+            )
+        return results
+
+    def strip_tokens(self) -> list[str]:
+        tok = self.processor.tokenizer
+        return [t for t in (tok.eos_token, tok.pad_token, "<|im_end|>", "<|endoftext|>") if t]
+
+
+class VLLMGenerator:
+    """Greedy generation with vLLM (imported lazily: it is not a dependency of the main environment).
+
+    The prompt is the processor's chat template with the image passed as `multi_modal_data`; `min_pixels` /
+    `max_pixels` go to vLLM's HF processor through `mm_processor_kwargs`; the seed is fixed.
+    """
+
+    def __init__(
+        self,
+        model: str,
+        max_new_tokens: int,
+        min_pixels: int,
+        max_pixels: int,
+        seed: int,
+        max_model_len: int,
+        gpu_memory_utilization: float,
+        tensor_parallel_size: int,
+    ):
+        from transformers import AutoProcessor
+        from vllm import LLM, SamplingParams
+
+        self.processor = AutoProcessor.from_pretrained(model, min_pixels=min_pixels, max_pixels=max_pixels)
+        self.llm = LLM(
+            model=model,
+            seed=seed,
+            max_model_len=max_model_len,
+            gpu_memory_utilization=gpu_memory_utilization,
+            tensor_parallel_size=tensor_parallel_size,
+            limit_mm_per_prompt={"image": 1, "video": 0},
+            mm_processor_kwargs={"min_pixels": min_pixels, "max_pixels": max_pixels},
+        )
+        self.sampling = SamplingParams(
+            temperature=0.0, top_p=1.0, max_tokens=max_new_tokens, skip_special_tokens=False, seed=seed
+        )
+
+    image_resolution = HFGenerator.image_resolution
+    strip_tokens = HFGenerator.strip_tokens
+
+    def generate(self, questions: Sequence[str], images: Sequence[Image.Image]) -> list[str]:
+        prompts = [
+            {
+                "prompt": self.processor.apply_chat_template(
+                    conversation(q), tokenize=False, add_generation_prompt=True
+                ),
+                "multi_modal_data": {"image": image},
+            }
+            for q, image in zip(questions, images)
+        ]
+        outputs = self.llm.generate(prompts, self.sampling, use_tqdm=False)
+        return [o.outputs[0].text for o in outputs]
+
+
+def resolve_backend(backend: str, device: str) -> str:
+    """`auto` is vLLM when it is importable and the device is CUDA, else transformers."""
+    if backend != "auto":
+        return backend
+    return "vllm" if device.startswith("cuda") and importlib.util.find_spec("vllm") is not None else "hf"
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Predictions: generate, parse, decode, write.
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """Read a predictions file; a torn last line (interrupted write) is dropped and the file rewritten without it."""
+    if not path.is_file():
+        return []
+    records, lines = [], path.read_text(encoding="utf-8").splitlines()
+    for k, line in enumerate(lines):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            if k != len(lines) - 1:
+                raise ValueError(f"{path}: line {k + 1} is not valid JSON") from None
+            logger.warning("%s: dropping a torn last line (interrupted run)", path)
+            path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    return records
+
+
+def predict_records(
+    task: str,
+    samples: Sequence[Sample],
+    texts: Sequence[str],
+    images: Sequence[Image.Image],
+    mask_tokenizer,
+    think: bool,
+    split: str,
+) -> list[dict]:
+    """Parse the outputs of a batch, decode their masks in one `decode_batch` call, and build the JSONL records.
+
+    GRES records keep one RLE per decoded span (the metric takes their union; none = the no-target answer). GCG
+    records keep one RLE per phrase, in phrase order; a phrase without a span gets an all-empty mask.
+    """
+    from samtok_rl.data import rle_from_mask
+
+    parsed = [parse_gres(t, think) if task == "gres" else parse_gcg_output(t, think) for t in texts]
+    arrays = [np.asarray(image) for image in images]
+    codes = [np.array([c for c in p["codes"] if c is not None], dtype=np.int64).reshape(-1, 2) for p in parsed]
+    # Only outputs with spans reach the tokenizer: an empty answer needs no image-encoder pass.
+    with_codes = [k for k, c in enumerate(codes) if len(c)]
+    decoded = [np.zeros((0, *arr.shape[:2]), dtype=bool) for arr in arrays]  # (N_i, H, W) bool each
+    if with_codes:
+        for k, masks in zip(with_codes, mask_tokenizer.decode_batch([(arrays[k], codes[k]) for k in with_codes])):
+            decoded[k] = masks
+    records = []
+    for sample, text, arr, p, masks in zip(samples, texts, arrays, parsed, decoded):
+        height, width = arr.shape[:2]
+        if task == "gcg":
+            empty = np.zeros((height, width), dtype=bool)
+            it = iter(masks)
+            masks = [empty if c is None else next(it) for c in p["codes"]]
+        record = {"id": sample.id, "split": split, "image": sample.image, "size": [height, width], "text": text}
+        if task == "gres":
+            record["expression"] = sample.expression
+        else:
+            record["image_id"] = sample.image_id
+        record.update(p)
+        record["masks"] = [rle_from_mask(m) for m in masks]
+        records.append(record)
+    return records
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Metrics.
+
+
+class _LazyMasks(Sequence):
+    """A sequence of `(H, W)` bool masks decoded on access, so a full split never sits in memory at once."""
+
+    def __init__(self, make: Callable[[int], np.ndarray], length: int):
+        self._make, self._length = make, length
+
+    def __len__(self) -> int:
+        return self._length
+
+    def __getitem__(self, index):
+        if not 0 <= index < self._length:
+            raise IndexError(index)
+        return self._make(index)
+
+
+def _union(rles: Sequence[dict], size: Sequence[int]) -> np.ndarray:
+    from samtok_rl.data import decode_rle
+
+    out = np.zeros(tuple(size), dtype=bool)
+    for rle in rles:
+        out |= decode_rle(rle)
+    return out
+
+
+def score_gres(records: Sequence[dict], rows) -> dict:
+    """GRES metrics of one split (`metrics.gres_metrics`) plus the parse statistics."""
+    from samtok_rl.metrics import gres_metrics
+
+    gt = {r["id"]: r for r in rows}
+    preds = _LazyMasks(lambda k: _union(records[k]["masks"], records[k]["size"]), len(records))
+    gts = _LazyMasks(lambda k: _union(gt[records[k]["id"]]["gt_masks"], records[k]["size"]), len(records))
+    metrics = gres_metrics(preds, gts)
+    metrics["parse"] = {
+        "no_answer_tag": sum(not r["found_answer"] for r in records),
+        "empty_predictions": sum(not r["codes"] for r in records),
+        "capped_over_10_spans": sum(r["capped"] for r in records),
+        "missing_level1_code": sum(c[1] == -1 for r in records for c in r["codes"]),
+    }
+    return metrics
+
+
+def score_gcg(records: Sequence[dict], rows, text_similarity=None) -> dict:
+    """GCG metrics of one split (`metrics.gcg_metrics`) plus the phrase/span pairing statistics."""
+    from samtok_rl.metrics import gcg_metrics
+
+    gt = {r["id"]: r for r in rows}
+    predictions = [{"caption": r["caption"], "phrases": r["phrases"], "masks": r["masks"]} for r in records]
+    references = [
+        {"caption": gt[r["id"]]["caption"], "labels": gt[r["id"]]["phrases"], "masks": gt[r["id"]]["gt_masks"],
+         "image_id": r["image_id"]}
+        for r in records
+    ]  # fmt: skip
+    metrics = gcg_metrics(predictions, references, text_similarity=text_similarity)
+    metrics["parse"] = {
+        "no_answer_tag": sum(not r["found_answer"] for r in records),
+        "no_phrases": sum(not r["phrases"] for r in records),
+        "phrases": sum(len(r["phrases"]) for r in records),
+        "phrases_without_span": sum(r["phrases_without_span"] for r in records),
+        "spans_without_phrase": sum(r["spans_without_phrase"] for r in records),
+        "samples_with_mismatch": sum(bool(r["phrases_without_span"] or r["spans_without_phrase"]) for r in records),
+    }
+    return metrics
+
+
+def write_glamm_predictions(records: Sequence[dict], folder: Path) -> None:
+    """Write GLaMM-evaluator prediction files, one `<image_id>.json` per image (metrics.md §3), for cross-checks."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for r in records:
+        payload = {
+            "image_id": r["image_id"],
+            "caption": r["caption"],
+            "phrases": r["phrases"],
+            "pred_masks": r["masks"],
+        }
+        (folder / f"{r['image_id']}.json").write_text(json.dumps(payload))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The runner.
+
+
+def _seed_everything(seed: int) -> None:
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _load_mask_tokenizer(args, device: str):
+    from samtok_rl.mask_tokenizer import MaskTokenizer, build_micro_mask_tokenizer
+
+    if args.checkpoint is not None:
+        return MaskTokenizer.from_files(args.sam2_config, args.checkpoint, device=device, drop_memory_modules=True)
+    if args.mask_tokenizer == "micro":
+        return build_micro_mask_tokenizer(seed=args.seed, device=device)
+    return MaskTokenizer.from_pretrained(args.mask_tokenizer or args.model, device=device, drop_memory_modules=True)
+
+
+def _settings(args, backend: str, max_new_tokens: int, data: Path) -> dict:
+    """Everything that changes the predictions; a resumed run must match it."""
+    return {
+        "task": args.task,
+        "model": str(args.model),
+        "data": str(data.resolve()),
+        "images": None if args.images is None else str(Path(args.images).resolve()),
+        "backend": backend,
+        "think": args.think,
+        "template": args.template,
+        "max_new_tokens": max_new_tokens,
+        "min_pixels": args.min_pixels,
+        "max_pixels": args.max_pixels,
+        "seed": args.seed,
+        "mask_tokenizer": str(args.mask_tokenizer or (f"{args.sam2_config}:{args.checkpoint}" if args.checkpoint
+                                                      else args.model)),
+        "gres_span_cap": GRES_MAX_SPANS if (args.task == "gres" and args.think) else None,
+        "decoding": "greedy (do_sample=False, top_p=1.0), skip_special_tokens=False",
+    }  # fmt: skip
+
+
+def evaluate(args: argparse.Namespace, generator=None, text_similarity=None, mask_tokenizer=None) -> dict:
+    """Run the evaluation described by `args` (see `make_parser`) and return the content of `metrics.json`.
+
+    Args:
+        args (`argparse.Namespace`): parsed options.
+        generator (*optional*): an object with `generate(questions, images) -> list[str]`, `image_resolution()` and
+            `strip_tokens()`; built from `--backend` when `None` (only when some sample still needs generating).
+        text_similarity (*optional*): GCG Recall's `text_similarity(labels, phrases)`; defaults to
+            `BertTextSimilarity(--text-encoder)`.
+        mask_tokenizer (`MaskTokenizer`, *optional*): an already loaded tokenizer (its image-feature cache is
+            reused); loaded from the mask-tokenizer options when `None`.
+
+    Returns:
+        `dict`: `settings`, `splits` (metrics per split), `run` (`generated`, `resumed`, timings).
+    """
+    import torch
+
+    from samtok_rl.data import sample_paths
+
+    start = time.perf_counter()
+    _seed_everything(args.seed)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    backend = resolve_backend(args.backend, device)
+    max_new_tokens = args.max_new_tokens or MAX_NEW_TOKENS[(args.task, args.think)]
+    out_dir = Path(args.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    data = (
+        Path(args.data) if args.data else Path(sample_paths().root) / ("grefcoco" if args.task == "gres" else "grandf")
+    )
+    splits = [s for s in args.split.split(",") if s]
+    rows_by_split, samples_by_split = {}, {}
+    for split in splits:
+        rows = read_split(args.task, data, split, Path(args.images) if args.images else None)
+        if args.limit is not None:
+            rows = rows.select(range(min(args.limit, len(rows))))
+        samples = make_samples(args.task, rows, args.think, args.template)
+        rows_by_split[split] = [dict(r, id=s.id) for r, s in zip(rows, samples)]
+        samples_by_split[split] = samples
+        if not samples:
+            raise SystemExit(f"split {split!r} of {data} has no samples")
+
+    # Predictions already on disk, first record per id (the resume key).
+    done: dict[str, dict[str, dict]] = {}
+    for split in splits:
+        done[split] = {}
+        for record in read_jsonl(out_dir / f"predictions_{split}.jsonl"):
+            done[split].setdefault(record["id"], record)
+    todo = {s: [x for x in samples_by_split[s] if x.id not in done[s]] for s in splits}
+    num_todo = sum(len(v) for v in todo.values())
+    resumed = sum(len(samples_by_split[s]) - len(todo[s]) for s in splits)
+
+    # Settings: compared with the previous run's before anything is appended to its predictions (of any split).
+    settings = _settings(args, backend, max_new_tokens, data)
+    settings_path = out_dir / SETTINGS_FILE
+    previous = json.loads(settings_path.read_text()) if settings_path.is_file() else None
+    has_predictions = any(p.stat().st_size for p in out_dir.glob("predictions_*.jsonl"))
+    if previous is not None and has_predictions and previous != settings:
+        changed = sorted(k for k in settings if previous.get(k) != settings[k])
+        raise SystemExit(
+            f"{out_dir} holds predictions made with other settings ({', '.join(changed)}); use another --output-dir"
+        )
+    if generator is None and num_todo:
+        generator = _make_generator(args, backend, device, max_new_tokens)
+    if generator is not None:
+        # The processor's own reading of the resolution bounds, so a processor that ignored them cannot go unseen.
+        actual = generator.image_resolution()
+        if actual != {"min_pixels": args.min_pixels, "max_pixels": args.max_pixels}:
+            raise SystemExit(f"the image processor did not take the resolution bounds: it reports {actual}")
+    settings_path.write_text(json.dumps(settings, indent=1))
+
+    generated = 0
+    gen_seconds = 0.0
+    if num_todo:
+        mask_tokenizer = mask_tokenizer or _load_mask_tokenizer(args, device)
+        strip_tokens = generator.strip_tokens()
+        batch_size = args.batch_size or DEFAULT_BATCH_SIZE.get(backend, 8)
+        progress = tqdm(total=num_todo, desc=f"eval {args.task}", disable=args.no_progress)
+        for split in splits:
+            path = out_dir / f"predictions_{split}.jsonl"
+            for k in range(0, len(todo[split]), batch_size):
+                batch = todo[split][k : k + batch_size]
+                images = [load_image(s.image) for s in batch]
+                t0 = time.perf_counter()
+                texts = generator.generate([s.question for s in batch], images)
+                gen_seconds += time.perf_counter() - t0
+                texts = [clean_output(t, strip_tokens) for t in texts]
+                records = predict_records(args.task, batch, texts, images, mask_tokenizer, args.think, split)
+                with open(path, "a", encoding="utf-8") as f:  # one write per batch: a crash loses at most a batch
+                    f.write("".join(json.dumps(r) + "\n" for r in records))
+                done[split].update((r["id"], r) for r in records)
+                generated += len(batch)
+                progress.update(len(batch))
+        progress.close()
+
+    if args.task == "gcg" and text_similarity is None:
+        from samtok_rl.metrics import BertTextSimilarity
+
+        text_similarity = BertTextSimilarity(args.text_encoder, device=device)
+    split_metrics = {}
+    for split in splits:
+        records = [done[split][x.id] for x in samples_by_split[split]]  # dataset order, whatever the write order
+        if args.task == "gres":
+            split_metrics[split] = score_gres(records, rows_by_split[split])
+        else:
+            split_metrics[split] = score_gcg(records, rows_by_split[split], text_similarity)
+            write_glamm_predictions(records, out_dir / "glamm_predictions" / split)
+
+    result = {
+        "settings": settings,
+        "splits": split_metrics,
+        "run": {
+            "generated": generated,
+            "resumed": resumed,
+            "samples": sum(len(v) for v in samples_by_split.values()),
+            "generation_seconds": round(gen_seconds, 3),
+            "total_seconds": round(time.perf_counter() - start, 3),
+        },
+    }
+    (out_dir / METRICS_FILE).write_text(json.dumps(result, indent=1, default=_json_default))
+    return result
+
+
+def _json_default(value):
+    if isinstance(value, (np.integer, np.floating)):
+        return value.item()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def _make_generator(args, backend: str, device: str, max_new_tokens: int):
+    if backend == "vllm":
+        return VLLMGenerator(
+            str(args.model),
+            max_new_tokens,
+            args.min_pixels,
+            args.max_pixels,
+            args.seed,
+            args.max_model_len,
+            args.gpu_memory_utilization,
+            args.tensor_parallel_size,
+        )
+    return HFGenerator(str(args.model), device, max_new_tokens, args.min_pixels, args.max_pixels)
+
+
+def format_results(result: dict) -> str:
+    """The paper-style table of a `metrics.json` (GRES: gIoU / cIoU / N-acc per split + avg; GCG: Table 1's columns)."""
+    from samtok_rl.metrics import GCG_COLUMNS, GRES_COLUMNS, format_table
+
+    task = result["settings"]["task"]
+    splits = result["splits"]
+    columns = GRES_COLUMNS if task == "gres" else GCG_COLUMNS
+    table = format_table(splits, columns, average=task == "gres" and len(splits) > 1)
+    s, run = result["settings"], result["run"]
+    lines = [
+        table,
+        f"model={s['model']} backend={s['backend']} think={s['think']} max_new_tokens={s['max_new_tokens']} "
+        f"max_pixels={s['max_pixels']} seed={s['seed']}",
+        f"samples={run['samples']} generated={run['generated']} resumed={run['resumed']}",
+    ]
+    for split, m in splits.items():
+        lines.append(f"{split} parse: " + ", ".join(f"{k}={v}" for k, v in m["parse"].items()))
+    return "\n".join(lines)
+
+
+def make_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+    parser = parser or argparse.ArgumentParser(prog="samtok-rl eval", description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--model", required=True, help="VLM folder or Hub id (e.g. zhouyik/Qwen2.5-VL-3B-SAMTok-gres-rl)"
+    )
+    parser.add_argument("--task", choices=TASKS, required=True)
+    parser.add_argument("--output-dir", type=Path, required=True, help="predictions + metrics.json (resumable)")
+    src = parser.add_argument_group("data")
+    src.add_argument("--data", type=Path, default=None, help="gRefCOCO folder (grefs(unc).json) or GranD-f folder")
+    src.add_argument("--sample", action="store_true", help="use the bundled real-photo sample")
+    src.add_argument("--images", type=Path, default=None, help="image folder (default: found from --data)")
+    src.add_argument("--split", default="val", help="comma-separated: gres val,testA,testB; gcg val,test")
+    src.add_argument("--limit", type=int, default=None, help="first N samples per split")
+    gen = parser.add_argument_group("generation")
+    gen.add_argument(
+        "--think",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="R1 think/answer prompt of the RL models (default); --no-think for SFT models",
+    )
+    gen.add_argument("--template", default=None, help="GRES template with {expression}, or the whole GCG question")
+    gen.add_argument(
+        "--max-new-tokens", type=int, default=None, help="default: GRES 1024/128, GCG 2048/512 (think/no-think)"
+    )
+    gen.add_argument("--min-pixels", type=int, default=DEFAULT_MIN_PIXELS)
+    gen.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="Qwen image resolution cap (recorded)")
+    gen.add_argument(
+        "--backend", choices=("auto", "vllm", "hf"), default="auto", help="auto: vLLM on CUDA when installed"
+    )
+    gen.add_argument("--batch-size", type=int, default=None, help="samples per generation call (hf 8, vllm 512)")
+    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--device", default=None, help="default: cuda when available, else cpu")
+    gen.add_argument("--max-model-len", type=int, default=8192, help="vLLM context length")
+    gen.add_argument("--gpu-memory-utilization", type=float, default=0.85, help="vLLM")
+    gen.add_argument("--tensor-parallel-size", type=int, default=1, help="vLLM")
+    tok = parser.add_argument_group("mask tokenizer (default: mask_tokenizer_256x2.pth of --model)")
+    tok.add_argument(
+        "--mask-tokenizer",
+        default=None,
+        help="SAMTok folder, checkpoint file or Hub id; 'micro' = seeded random micro tokenizer (demo)",
+    )
+    tok.add_argument("--sam2-config", default=None, help="sam2 YAML (with --checkpoint)")
+    tok.add_argument("--checkpoint", type=Path, default=None, help="tokenizer weights, .pth or .safetensors")
+    met = parser.add_argument_group("metrics")
+    met.add_argument("--text-encoder", default="bert-base-uncased", help="BERT folder or Hub id for GCG Recall")
+    parser.add_argument("--no-progress", action="store_true")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    """Run `samtok-rl eval` (also `python -m samtok_rl.evaluate`): predictions, `metrics.json` and the table."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    parser = make_parser()
+    args = parser.parse_args(argv)
+    if (args.sam2_config is None) != (args.checkpoint is None):
+        parser.error("--sam2-config and --checkpoint go together")
+    if args.checkpoint is not None and args.mask_tokenizer is not None:
+        parser.error("give either --mask-tokenizer or --sam2-config + --checkpoint")
+    if args.sample == (args.data is not None):
+        parser.error("give exactly one of --data and --sample")
+    result = evaluate(args)
+    print(format_results(result))
+    print(f"wrote {Path(args.output_dir) / METRICS_FILE}")
+    return result
+
+
+if __name__ == "__main__":
+    main()

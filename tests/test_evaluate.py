@@ -1,0 +1,245 @@
+"""The eval runner: `samtok-rl eval` end to end on the bundled sample (tiny VLM, micro mask tokenizer, CPU), resume,
+and the parse -> decode -> metrics path checked against a direct computation with hand-written predictions."""
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from samtok_rl import evaluate as ev
+from samtok_rl.cli import main as cli_main
+from samtok_rl.data import decode_rle, read_grandf_gcg_gt, read_grefcoco, sample_paths
+from samtok_rl.metrics import gcg_metrics, gres_metrics
+from samtok_rl.prompts import OBJ_REF_END, OBJ_REF_START, gcg_caption
+from samtok_rl.tokens import format_mask
+
+
+GOLDEN = Path(os.environ.get("SAMTOK_RL_GOLDEN", "/work/shared/golden/vq_sam2_micro_a"))
+GOLDEN_FILES = (GOLDEN / "sam2_micro.yaml", GOLDEN / "state_dict.safetensors")
+
+
+def _mask_tokenizer_args() -> list[str]:
+    """Golden A's real (micro) weights when present, else the seeded random micro tokenizer."""
+    if all(p.is_file() for p in GOLDEN_FILES):
+        return ["--sam2-config", str(GOLDEN_FILES[0]), "--checkpoint", str(GOLDEN_FILES[1])]
+    return ["--mask-tokenizer", "micro"]
+
+
+@pytest.fixture(scope="module")
+def mask_tokenizer():
+    """One tokenizer for the hand-written tests, so its image-feature cache is shared (the sample's val images)."""
+    from samtok_rl.mask_tokenizer import MaskTokenizer, build_micro_mask_tokenizer
+
+    if all(p.is_file() for p in GOLDEN_FILES):
+        return MaskTokenizer.from_files(*GOLDEN_FILES, drop_memory_modules=True)
+    return build_micro_mask_tokenizer(seed=0)
+
+
+@pytest.fixture
+def no_java(monkeypatch):
+    """Hide `java` so GCG caption metrics take gcg_metrics' documented pure-Python path (METEOR None, CIDEr with
+    the simple tokenizer) instead of starting two JVMs (~30 s on a loaded 2-core machine)."""
+    dirs = [d for d in os.environ.get("PATH", "").split(os.pathsep) if d and not Path(d, "java").exists()]
+    monkeypatch.setenv("PATH", os.pathsep.join(dirs))
+    assert shutil.which("java") is None
+
+
+@pytest.fixture(scope="module")
+def tiny_vlm():
+    from samtok_rl.tiny import build_tiny_vlm
+
+    return build_tiny_vlm("qwen2_5_vl")
+
+
+# ----------------------------------------------------------------------------------------------------------- parsing
+
+SPAN = format_mask(1, 2)
+
+
+def test_gres_span_cap_only_with_think():
+    text = "<think>t</think><answer>" + SPAN * 11 + "</answer>"
+    capped = ev.parse_gres(text, think=True)
+    assert capped["codes"] == [[1, 2]] and capped["num_spans"] == 11 and capped["capped"]
+    assert len(ev.parse_gres(SPAN * 11, think=False)["codes"]) == 11
+    assert len(ev.parse_gres("<answer>" + SPAN * 10 + "</answer>", think=True)["codes"]) == 10
+
+
+def test_gres_reads_only_the_answer_part():
+    text = f"<think>maybe {format_mask(9, 9)}</think><answer>{SPAN}</answer>"
+    assert ev.parse_gres(text, think=True)["codes"] == [[1, 2]]
+    out = ev.parse_gres("No target.", think=True)
+    assert out["codes"] == [] and not out["found_answer"]
+
+
+def test_gcg_pairing_reports_mismatches():
+    text = (
+        f"<think>x</think><answer>{SPAN} A {OBJ_REF_START} cat {OBJ_REF_END} {SPAN}{format_mask(3, 4)} on "
+        f"{OBJ_REF_START} a mat {OBJ_REF_END}.</answer>"
+    )
+    out = ev.parse_gcg_output(text, think=True)
+    assert out["caption"] == "A cat on a mat ."  # tags removed, whitespace collapsed (the reference rule)
+    assert out["phrases"] == ["cat", "a mat"]
+    assert out["codes"] == [[1, 2], None]
+    assert (out["num_spans"], out["phrases_without_span"], out["spans_without_phrase"]) == (3, 1, 2)
+
+
+def test_clean_output_strips_qwen3_think_and_eos():
+    assert (
+        ev.clean_output("<think>\n\n</think>\n\n<answer>a</answer><|im_end|>", ["<|im_end|>"]) == "<answer>a</answer>"
+    )
+
+
+# -------------------------------------------------------------------------------------------------- end to end
+
+
+def test_cli_end_to_end_then_resume(tiny_vlm, tmp_path, capsys):
+    out = tmp_path / "gres"
+    argv = ["eval", "--task", "gres", "--sample", "--split", "train,val", "--limit", "3", "--model", str(tiny_vlm),
+            "--output-dir", str(out), "--max-new-tokens", "12", "--max-pixels", "12544", "--no-progress",
+            *_mask_tokenizer_args()]  # fmt: skip
+    assert cli_main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "gIoU" in printed and "N-acc" in printed and "avg" in printed and "generated=6" in printed
+
+    jsonls = [out / "predictions_train.jsonl", out / "predictions_val.jsonl"]
+    for path in jsonls:
+        lines = path.read_text().splitlines()
+        assert len(lines) == 3
+        assert {"id", "text", "answer", "codes", "masks", "size"} <= set(json.loads(lines[0]))
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["run"]["generated"] == 6 and metrics["run"]["resumed"] == 0
+    assert metrics["settings"]["max_pixels"] == 12544 and metrics["settings"]["max_new_tokens"] == 12
+    val = metrics["splits"]["val"]
+    assert val["num_samples"] == 3 and val["num_no_target"] == 1  # the third val sentence has no target
+    assert {"gIoU", "cIoU", "N_acc", "parse"} <= set(val)
+
+    # Resume: everything is done, so nothing is generated and the predictions are untouched.
+    before = [p.read_bytes() for p in jsonls]
+    assert cli_main(argv) == 0
+    assert [p.read_bytes() for p in jsonls] == before
+    again = json.loads((out / "metrics.json").read_text())
+    assert again["run"]["generated"] == 0 and again["run"]["resumed"] == 6
+    assert json.dumps(again["splits"]) == json.dumps(metrics["splits"])
+
+    # Different generation settings on the same folder are refused, not mixed in.
+    with pytest.raises(SystemExit, match="max_new_tokens"):
+        cli_main([a if a != "12" else "13" for a in argv])
+
+
+def test_cli_gcg_end_to_end(tiny_vlm, tmp_path, no_java):
+    out = tmp_path / "gcg"
+    argv = ["eval", "--task", "gcg", "--sample", "--model", str(tiny_vlm), "--output-dir", str(out),
+            "--max-new-tokens", "8", "--max-pixels", "12544", "--limit", "1", "--no-progress",
+            *_mask_tokenizer_args()]  # fmt: skip
+    assert cli_main(argv) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["run"]["generated"] == 1
+    assert {"METEOR", "CIDEr", "AP50", "mIoU", "Recall", "parse"} <= set(metrics["splits"]["val"])
+    assert (out / "glamm_predictions" / "val").is_dir()
+
+
+# --------------------------------------------------------------------- hand-written predictions with the GT codes
+
+
+class ReplayGenerator:
+    """Answers each question+image with a fixed text (hand-written predictions instead of a model)."""
+
+    def __init__(self, answers: dict[str, str], min_pixels: int, max_pixels: int):
+        self.answers, self.resolution = answers, {"min_pixels": min_pixels, "max_pixels": max_pixels}
+        self.calls = 0
+
+    def image_resolution(self):
+        return self.resolution
+
+    def strip_tokens(self):
+        return ["<|im_end|>"]
+
+    def generate(self, questions, images):
+        self.calls += len(questions)
+        return [self.answers[q] + "<|im_end|>" for q in questions]
+
+
+def _args(task: str, out: Path, extra=()):
+    return ev.make_parser().parse_args(
+        ["--task", task, "--model", "replay", "--output-dir", str(out), "--sample", "--no-progress",
+         "--split", "val", *_mask_tokenizer_args(), *extra]
+    )  # fmt: skip
+
+
+def test_gres_hand_written_predictions_match_direct_metrics(tmp_path, mask_tokenizer):
+    tok = mask_tokenizer
+    p = sample_paths()
+    rows = {s: list(read_grefcoco(p.grefcoco_refs, p.grefcoco_instances, p.images, splits=s)) for s in ("val",)}
+    answers, expected = {}, {}
+    for split, split_rows in rows.items():
+        preds, gts = [], []
+        for row in split_rows:
+            image = np.asarray(Image.open(row["image"]).convert("RGB"))
+            gt = np.stack([decode_rle(r) for r in row["gt_masks"]]) if row["gt_masks"] else None
+            codes = tok.encode(image, gt) if gt is not None else np.zeros((0, 2), np.int64)
+            spans = ", ".join(f'{{"mask_2d": "{format_mask(*c)}", "label": "x"}}' for c in codes.tolist())
+            body = f"```json\n[{spans}]\n```" if len(codes) else "No target."
+            question = ev.gres_question(row["expression"], think=True)
+            assert question not in answers  # the sample's expressions are unique
+            answers[question] = f"<think>looking</think><answer>{body}</answer>"
+            pred = tok.decode(image, codes).any(axis=0) if len(codes) else np.zeros(image.shape[:2], bool)
+            preds.append(pred)
+            gts.append(gt.any(axis=0) if gt is not None else np.zeros(image.shape[:2], bool))
+        expected[split] = gres_metrics(preds, gts)
+
+    gen = ReplayGenerator(answers, ev.DEFAULT_MIN_PIXELS, ev.DEFAULT_MAX_PIXELS)
+    result = ev.evaluate(_args("gres", tmp_path), generator=gen, mask_tokenizer=tok)
+    assert gen.calls == 4 and result["run"]["generated"] == 4
+    for split in ("val",):
+        got = dict(result["splits"][split])
+        parse = got.pop("parse")
+        assert got == pytest.approx(expected[split], nan_ok=True)
+        assert parse["no_answer_tag"] == 0 and parse["empty_predictions"] == expected[split]["num_no_target"]
+    # The decoded masks are the tokenizer's reconstruction of the GT; a real tokenizer would be near 100 here.
+    assert result["splits"]["val"]["N_acc"] == 100.0
+
+
+def test_gcg_hand_written_predictions_match_direct_metrics(tmp_path, no_java, mask_tokenizer):
+    tok = mask_tokenizer
+    p = sample_paths()
+    rows = list(read_grandf_gcg_gt(p.grandf_val_caption, p.grandf_val_mask, p.images))
+    answers, preds, refs = {}, [], []
+    question = ev.gcg_question(think=True)
+    assert len(rows) == 2
+    for k, row in enumerate(rows):
+        image = np.asarray(Image.open(row["image"]).convert("RGB"))
+        gt = np.stack([decode_rle(r) for r in row["gt_masks"]])
+        codes = tok.encode(image, gt).tolist()
+        # Image 0 loses the span of its last phrase: scored with an empty mask, counted as a mismatch.
+        drop = len(codes) - 1 if k == 0 else None
+        parts = [f"{OBJ_REF_START} {ph} {OBJ_REF_END}" + ("" if j == drop else f" {format_mask(*c)}")
+                 for j, (ph, c) in enumerate(zip(row["phrases"], codes))]  # fmt: skip
+        answer = "In this photo " + " and ".join(parts) + "."
+        answers[(question, row["image"])] = f"<think>t</think><answer>{answer}</answer>"
+        decoded = tok.decode(image, np.array(codes))
+        masks = [np.zeros(image.shape[:2], bool) if j == drop else decoded[j] for j in range(len(codes))]
+        caption = gcg_caption(answer)
+        preds.append({"caption": caption, "phrases": list(row["phrases"]), "masks": masks})
+        refs.append({"caption": row["caption"], "labels": row["phrases"], "masks": row["gt_masks"],
+                     "image_id": row["image_id"]})  # fmt: skip
+    same = lambda labels, phrases: np.ones((len(labels), len(phrases)))  # noqa: E731  (stands in for BERT)
+    expected = gcg_metrics(preds, refs, text_similarity=same)
+
+    class ByImage(ReplayGenerator):  # one question for every image: answer by image content
+        def generate(self, questions, images):
+            by_size = {Image.open(r["image"]).size: r["image"] for r in rows}
+            return [self.answers[(q, by_size[im.size])] for q, im in zip(questions, images)]
+
+    gen = ByImage(answers, ev.DEFAULT_MIN_PIXELS, ev.DEFAULT_MAX_PIXELS)
+    result = ev.evaluate(_args("gcg", tmp_path), generator=gen, text_similarity=same, mask_tokenizer=tok)
+    got = dict(result["splits"]["val"])
+    parse = got.pop("parse")
+    assert got == pytest.approx(expected, nan_ok=True)
+    assert parse["phrases_without_span"] == 1 and parse["spans_without_phrase"] == 0
+    assert parse["samples_with_mismatch"] == 1 and parse["phrases"] == sum(len(r["phrases"]) for r in rows)
+    saved = json.loads((tmp_path / "glamm_predictions" / "val" / f"{rows[0]['image_id']}.json").read_text())
+    assert saved["phrases"] == list(rows[0]["phrases"]) and len(saved["pred_masks"]) == len(rows[0]["phrases"])
