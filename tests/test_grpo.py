@@ -1,0 +1,197 @@
+"""The GRPO entry point on the tiny VLMs (CPU, HF generate): presets, LoRA, recipes, resume."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from transformers import AutoModelForImageTextToText
+
+from rewards import REWARDS
+from samtok_rl import grpo
+from samtok_rl.prepare import prepare, read_source
+from samtok_rl.tiny import build_tiny_vlm
+
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPES = sorted(p for p in (ROOT / "recipes").rglob("*.yaml") if p.parent.name != "accelerate")
+ACCELERATE = sorted((ROOT / "recipes" / "accelerate").glob("*.yaml"))
+
+# A 2-step run: 2 prompts x 2 generations of 8 tokens per step.
+TINY_RUN = [
+    "--use_cpu", "--bf16", "false", "--gradient_checkpointing", "false", "--report_to", "none",
+    "--max_steps", "2", "--num_generations", "2", "--per_device_train_batch_size", "4",
+    "--max_completion_length", "8", "--learning_rate", "1e-3", "--lr_scheduler_type", "constant",
+    "--logging_steps", "1", "--save_strategy", "no", "--seed", "0", "--max_train_samples", "4",
+]  # fmt: skip
+
+
+def text_hash_reward(prompts, completions, **kwargs) -> list[float]:
+    """A reward that varies across random completions, so advantages (and gradients) are non-zero."""
+    return [(sum(map(ord, c[0]["content"])) % 7) / 7 for c in completions]
+
+
+VARYING = f"{Path(__file__).resolve()}:text_hash_reward"
+
+
+class FixedCodes:
+    """Stands in for the mask tokenizer in data preparation: deterministic codes, no SAM2 forward."""
+
+    def encode(self, image, masks):
+        k = np.arange(len(masks), dtype=np.int64)
+        return np.stack([(k * 37 + 11) % 256, (k * 91 + 5) % 256], axis=1)  # (K, 2)
+
+
+@pytest.fixture(scope="session")
+def datasets_dir(tmp_path_factory) -> dict[str, str]:
+    root = tmp_path_factory.mktemp("prepared")
+    out = {}
+    for task in ("gres", "gcg"):
+        prepare(read_source(task, sample=True), task, root / task, FixedCodes, tokenizer_id="fixed", progress=False)
+        out[task] = str(root / task)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_models() -> dict[str, Path]:
+    return {kind: build_tiny_vlm(kind) for kind in ("qwen2_5_vl", "qwen3_vl")}
+
+
+def run(tmp_path, *args: str):
+    return grpo.main([*TINY_RUN, "--output_dir", str(tmp_path), *args])
+
+
+def initial_weights(path: Path) -> dict[str, torch.Tensor]:
+    return {n: p.detach() for n, p in AutoModelForImageTextToText.from_pretrained(path).named_parameters()}
+
+
+@pytest.mark.parametrize("kind", ["qwen2_5_vl", "qwen3_vl"])
+@pytest.mark.parametrize("task", ["gres", "gcg"])
+def test_two_steps_train_and_freeze_vision(kind, task, tmp_path, datasets_dir, tiny_models):
+    trainer = run(
+        tmp_path,
+        "--model_name_or_path", f"tiny:{kind}", "--dataset", datasets_dir[task],
+        "--reward_preset", task, "--reward_funcs", VARYING,
+    )  # fmt: skip
+    assert trainer.state.global_step == 2
+    logged = {k for entry in trainer.state.log_history for k in entry}
+    preset = {"gres": "gres_mask_reward", "gcg": "gcg_mask_reward"}[task]
+    assert {f"rewards/{preset}/mean", "rewards/text_hash_reward/mean", "reward"} <= logged
+
+    before = initial_weights(tiny_models[kind])
+    changed, vision = [], []
+    for name, param in trainer.model.named_parameters():
+        if name.startswith("model.visual."):
+            assert not param.requires_grad
+            vision.append(torch.equal(param.detach(), before[name]))
+        elif param.requires_grad:
+            changed.append(not torch.equal(param.detach(), before[name]))
+    assert all(vision) and vision
+    assert all(changed), "every trainable parameter should move in 2 steps"
+    assert (tmp_path / "model.safetensors").is_file()
+
+
+def test_lora_trains_adapters_only(tmp_path, datasets_dir, tiny_models):
+    trainer = run(
+        tmp_path,
+        "--model_name_or_path", "tiny:qwen2_5_vl", "--dataset", datasets_dir["gres"],
+        "--reward_preset", "gres", "--reward_funcs", VARYING, "--use_peft", "--lora_r", "8",
+    )  # fmt: skip
+    before = initial_weights(tiny_models["qwen2_5_vl"])
+    trainable = {n: p for n, p in trainer.model.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n and "language_model" in n for n in trainable)
+    assert any(not torch.all(p == 0) for n, p in trainable.items() if "lora_B" in n)
+    # The base weights, including the mask-token embedding rows, are untouched.
+    embed = trainer.model.get_input_embeddings().weight
+    assert torch.equal(embed.detach(), before["model.language_model.embed_tokens.weight"])
+
+
+def test_rejects_lora_embedding_rows_with_vllm():
+    script_args, training_args, model_args = grpo.make_parser().parse_args_and_config(
+        ["--use_cpu", "--use_peft", "--lora_modules_to_save", "embed_tokens", "--use_vllm"]
+    )
+    with pytest.raises(ValueError, match="vLLM rejects LoRA adapters"):
+        grpo.make_peft_config(model_args, training_args)
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: str(p.relative_to(ROOT / "recipes")))
+def test_recipe_parses_and_dry_runs(recipe, datasets_dir):
+    config = yaml.safe_load(recipe.read_text())
+    task = config["reward_preset"]
+    # Without a GPU, bf16 recipes only parse with use_cpu; the dataset is swapped for the prepared sample.
+    script_args, training_args, model_args = grpo.make_parser().parse_args_and_config(
+        ["--config", str(recipe), "--dry_run", "--dataset", datasets_dir[task], "--use_cpu"]
+    )
+    assert script_args.dry_run and model_args.model_name_or_path
+    assert grpo.main(script_args, training_args, model_args) is None
+    # Files named in the recipe's comments (launch configs, other recipes) exist.
+    for path in re.findall(r"recipes/[\w./-]+\.(?:yaml|sh)", recipe.read_text()):
+        assert (ROOT / path).is_file(), path
+
+
+@pytest.mark.parametrize("config", ACCELERATE, ids=lambda p: p.name)
+def test_accelerate_config_loads(config):
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    loaded = load_config_from_file(str(config))
+    assert loaded.num_machines == 1 and loaded.mixed_precision == "bf16"
+
+
+def test_bad_recipes_fail_clearly(datasets_dir):
+    def dry(*args):
+        return grpo.main(["--use_cpu", "--dry_run", "--dataset", datasets_dir["gres"], *args])
+
+    with pytest.raises(ValueError, match="unknown reward"):
+        dry("--model_name_or_path", "x", "--reward_funcs", "no_such_reward")
+    with pytest.raises(ValueError, match="unknown reward_preset"):
+        dry("--model_name_or_path", "x", "--reward_preset", "seg")
+    with pytest.raises(ValueError, match="2 reward_weights for 4 rewards"):
+        dry("--model_name_or_path", "x", "--reward_preset", "gres", "--reward_weights", "1", "1")
+    with pytest.raises(ValueError, match="lacks columns"):
+        grpo.check_columns(read_source("gres", sample=True), [REWARDS["gres_mask_reward"]], ["gres_mask_reward"])
+
+
+def test_mask_token_checks(tiny_models):
+    from transformers import AddedToken, AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(tiny_models["qwen2_5_vl"])
+    grpo.check_mask_tokens(processor)
+    # Re-adding one mask token as special: TRL's skip_special_tokens decode would now erase it.
+    processor.tokenizer.add_tokens([AddedToken("<|mt_0007|>", special=True, normalized=False)], special_tokens=True)
+    with pytest.raises(ValueError, match="are special"):
+        grpo.check_mask_tokens(processor)
+
+
+def test_resume_matches_uninterrupted_run(tmp_path, datasets_dir, tiny_models):
+    common = [
+        "--model_name_or_path", "tiny:qwen2_5_vl", "--dataset", datasets_dir["gres"], "--reward_preset", "gres",
+        "--reward_funcs", VARYING, "--save_strategy", "steps", "--save_steps", "2",
+        # 8 rows = 4 steps per epoch: the resume point lies inside the epoch. (Across an epoch boundary TRL's
+        # RepeatSampler, which has no set_epoch, draws the next permutation from a freshly seeded generator.)
+        "--max_train_samples", "8",
+    ]  # fmt: skip
+    full = run(tmp_path / "full", *common, "--max_steps", "4")
+    run(tmp_path / "part", *common, "--max_steps", "2")
+    resumed = run(
+        tmp_path / "part", *common, "--max_steps", "4", "--resume_from_checkpoint", str(tmp_path / "part/checkpoint-2")
+    )
+    assert resumed.state.global_step == full.state.global_step == 4
+
+    def rewards_by_step(trainer):
+        return {e["step"]: e["reward"] for e in trainer.state.log_history if "reward" in e}
+
+    # The resumed run's history holds steps 1-2 from the checkpoint and 3-4 from the run itself.
+    assert set(rewards_by_step(resumed)) == {1, 2, 3, 4}
+    assert rewards_by_step(resumed) == pytest.approx(rewards_by_step(full))
+    # Optimizer state at step 2 was restored (the step-4 Adam moments agree), and so do the weights.
+    opt_full = torch.load(tmp_path / "full/checkpoint-4/optimizer.pt", weights_only=True)["state"]
+    opt_resumed = torch.load(tmp_path / "part/checkpoint-4/optimizer.pt", weights_only=True)["state"]
+    assert opt_full.keys() == opt_resumed.keys()
+    for k in opt_full:
+        torch.testing.assert_close(opt_resumed[k]["exp_avg"], opt_full[k]["exp_avg"])
+    for (name, a), (_, b) in zip(full.model.named_parameters(), resumed.model.named_parameters()):
+        torch.testing.assert_close(a, b, msg=name)
