@@ -261,10 +261,8 @@ def resize_image(image: ImageLike, size: int = 1024) -> np.ndarray:
 
     Example:
 
-    ```python
     >>> resize_image(np.zeros((400, 600, 3), np.uint8)).shape
     (1024, 1024, 3)
-    ```
     """
     pil = Image.fromarray(_as_rgb(image))
     return np.array(pil.resize((size, size), resample=Image.Resampling.BICUBIC))
@@ -379,14 +377,12 @@ class MaskTokenizer(nn.Module):
 
     Example:
 
-    ```python
     >>> from samtok_rl.mask_tokenizer import build_micro_mask_tokenizer
     >>> tok = build_micro_mask_tokenizer(seed=0)
     >>> image = np.zeros((64, 96, 3), np.uint8); mask = np.zeros((1, 64, 96), bool); mask[0, 10:30, 20:50] = True
     >>> codes = tok.encode(image, mask)  # (1, 2) int64
     >>> tok.decode(image, codes).shape
     (1, 64, 96)
-    ```
     """
 
     def __init__(

@@ -6,15 +6,11 @@ tokens and the 514 SAMTok mask tokens, and paired with the real Qwen image/video
 templates. The models are the real transformers classes with ~1 M parameters. Nothing touches the Hub.
 
 Example:
-
-```python
 >>> from samtok_rl.tiny import build_tiny_vlm, load_tiny_vlm
 >>> path = build_tiny_vlm("qwen3_vl")  # cached folder; instant on the second call
 >>> model, processor = load_tiny_vlm("qwen3_vl")
 >>> len(processor.tokenizer)  # 600 BPE tokens + 14 Qwen special tokens + 514 mask tokens
 1128
-
-```
 """
 
 from __future__ import annotations

@@ -49,11 +49,9 @@ def simple_tokenize(caption: str) -> str:
 
     Example:
 
-    ```python
     >>> simple_tokenize("A man, riding a horse.")
     'a man riding a horse'
 
-    ```
     """
     return " ".join(re.findall(r"[a-z0-9]+(?:'[a-z0-9]+)*", caption.lower()))
 
@@ -91,11 +89,9 @@ def greedy_miou(ious: np.ndarray) -> float:
 
     Example:
 
-    ```python
     >>> greedy_miou(np.array([[0.9, 0.8], [0.8, 0.1]]))  # greedy, not Hungarian (which would give 0.8)
     0.5
 
-    ```
     """
     ious = np.array(ious, dtype=np.float64)
     paired = []
@@ -301,7 +297,6 @@ def gcg_metrics(
 
     Example:
 
-    ```python
     >>> box = np.zeros((8, 8), bool); box[2:6, 2:6] = True
     >>> pred = {"caption": "a red box on a table", "phrases": ["a red box"], "masks": [box]}
     >>> ref = {"caption": "a red box on the table", "labels": ["red box"], "masks": [box]}
@@ -310,7 +305,6 @@ def gcg_metrics(
     >>> round(m["AP50"], 2), round(m["mIoU"], 2), round(m["Recall"], 2)
     (100.0, 100.0, 100.0)
 
-    ```
     """
     if len(predictions) != len(references):
         raise ValueError(f"gcg_metrics: {len(predictions)} predictions but {len(references)} references")

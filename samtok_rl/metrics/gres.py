@@ -29,13 +29,11 @@ def union_masks(masks: Iterable[np.ndarray], shape: tuple[int, int]) -> np.ndarr
 
     Example:
 
-    ```python
     >>> int(union_masks([np.eye(2, dtype=bool), np.fliplr(np.eye(2, dtype=bool))], (2, 2)).sum())
     4
     >>> bool(union_masks([], (2, 3)).any())
     False
 
-    ```
     """
     out = np.zeros(shape, dtype=bool)
     for k, mask in enumerate(masks):
@@ -83,7 +81,6 @@ def gres_metrics(pred_masks: Sequence[np.ndarray], gt_masks: Sequence[np.ndarray
 
     Example:
 
-    ```python
     >>> gt = [np.zeros((2, 2), bool), np.array([[1, 1], [0, 0]], bool)]
     >>> pred = [np.zeros((2, 2), bool), np.array([[1, 0], [0, 0]], bool)]
     >>> m = gres_metrics(pred, gt)
@@ -92,7 +89,6 @@ def gres_metrics(pred_masks: Sequence[np.ndarray], gt_masks: Sequence[np.ndarray
     >>> m["TP"], m["TN"]  # ReLA's names: "positive" = "no target"
     (1, 1)
 
-    ```
     """
     if len(pred_masks) != len(gt_masks):
         raise ValueError(f"gres_metrics: {len(pred_masks)} predictions but {len(gt_masks)} ground truths")

@@ -46,12 +46,10 @@ def format_table(
 
     Example:
 
-    ```python
     >>> print(format_table({"val": {"gIoU": 79.4, "cIoU": 73.7, "N_acc": 81.5}}, GRES_COLUMNS))
     split   gIoU   cIoU  N-acc
     val    79.40  73.70  81.50
 
-    ```
     """
     body = {name: [metrics.get(col) for col in columns] for name, metrics in rows.items()}
     if average and body:

@@ -23,12 +23,10 @@ class BertTextSimilarity:
 
     Example:
 
-    ```python
     >>> sim = BertTextSimilarity("bert-base-uncased")  # doctest: +SKIP
     >>> sim(["a dog", "the sky"], ["dog"]).shape  # doctest: +SKIP
     (2, 1)
 
-    ```
     """
 
     def __init__(self, model_name_or_path: str | Path = "bert-base-uncased", device: str = "cpu"):
