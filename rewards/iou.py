@@ -8,31 +8,24 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 from rewards._text import completion_texts, split
+from samtok_rl.data import decode_rle
 
 
-__all__ = ["MaskIoUReward", "decode_rle", "get_mask_iou_reward", "matched_iou_score"]
+__all__ = ["MaskIoUReward", "decode_rles", "get_mask_iou_reward", "matched_iou_score"]
 
 
-def decode_rle(rles: list[dict]) -> np.ndarray:
-    """COCO compressed RLEs (`{"size": [h, w], "counts": str}`) -> `(K, H, W)` bool; `[]` gives `(0, 0, 0)`.
+def decode_rles(rles: list[dict]) -> np.ndarray:
+    """JSON COCO RLEs (one image's GT masks) -> `(K, H, W)` bool; `[]` gives `(0, 0, 0)`.
 
     Example:
-    >>> from pycocotools import mask as mask_utils
-    >>> m = np.zeros((4, 5), dtype=np.uint8); m[1:3, 2:4] = 1
-    >>> rle = mask_utils.encode(np.asfortranarray(m)); rle["counts"] = rle["counts"].decode()
-    >>> decode_rle([rle]).shape, int(decode_rle([rle]).sum())
+    >>> from samtok_rl.data import rle_from_mask
+    >>> m = np.zeros((4, 5), dtype=bool); m[1:3, 2:4] = True
+    >>> decode_rles([rle_from_mask(m)]).shape, int(decode_rles([rle_from_mask(m)]).sum())
     ((1, 4, 5), 4)
     """
     if not rles:
         return np.zeros((0, 0, 0), dtype=bool)
-    from pycocotools import mask as mask_utils
-
-    # pycocotools wants bytes counts; the dataset stores str (JSON-safe).
-    encoded = [
-        {"size": list(r["size"]), "counts": r["counts"].encode() if isinstance(r["counts"], str) else r["counts"]}
-        for r in rles
-    ]
-    return np.ascontiguousarray(mask_utils.decode(encoded).transpose(2, 0, 1).astype(bool))  # (K, H, W)
+    return np.stack([decode_rle(r) for r in rles])  # (K, H, W)
 
 
 def matched_iou_score(pred: np.ndarray, gt: np.ndarray) -> float:
@@ -141,7 +134,7 @@ class MaskIoUReward:
             key = tuple((tuple(r["size"]), r["counts"]) for r in gt_masks[i])
             gt = gt_cache.get(key)
             if gt is None:
-                gt = gt_cache[key] = decode_rle(gt_masks[i])
+                gt = gt_cache[key] = decode_rles(gt_masks[i])
             answer = split(text)[1] if text is not None else None
             part = answer if answer is not None else text
             codes = np.array(parse_masks(part) if part is not None else [], dtype=np.int64).reshape(-1, 2)
