@@ -205,12 +205,19 @@ def load_mask_tokenizer(name: str):
 def sample_dir(task: str, mask_tokenizer: str) -> Path:
     """Where `sample:<task>` is prepared: `$SAMTOK_RL_CACHE/prepared/` (else `~/.cache/samtok_rl/prepared/`).
 
-    The preparation is resumable and fingerprinted, so later runs reuse the folder instantly.
+    The preparation is resumable and fingerprinted, so later runs reuse the folder instantly. The folder name carries
+    a hash of the sample's location: the prepared rows store absolute image paths, so two checkouts (or installs)
+    must not share one cache folder.
     """
+    import hashlib
+
+    from samtok_rl.data import sample_paths
+
     cache = os.environ.get("SAMTOK_RL_CACHE")
     root = Path(cache) if cache else Path.home() / ".cache" / "samtok_rl"
     tag = re.sub(r"[^\w.-]", "_", mask_tokenizer)  # a Hub id or path as one folder name
-    return root / "prepared" / f"sample-{task}-{tag}"
+    where = hashlib.sha256(str(sample_paths().root.resolve()).encode()).hexdigest()[:10]
+    return root / "prepared" / f"sample-{task}-{tag}-{where}"
 
 
 def load_dataset(script_args, training_args):
