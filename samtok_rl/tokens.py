@@ -194,6 +194,13 @@ def parse_mask_ids(ids: Sequence[int], mask_ids: MaskTokenIds, repair: bool = Tr
             i = ids.index(start, i)
         except ValueError:
             return out
+        # Fast path: a well-formed span (both modes accept it as is).
+        if i + 3 < n_ids and ids[i + 3] == end:
+            a, b = number.get(ids[i + 1], -1), number.get(ids[i + 2], -1)
+            if 0 <= a < CODEBOOK_SIZE <= b:
+                out.append((a, b - CODEBOOK_SIZE))
+                i += 4
+                continue
         j = i + 1
         numbers: list[int] = []
         while j < n_ids and ids[j] in number:
