@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import operator
 from pathlib import Path
 
 from samtok_rl.prompts import OBJ_REF_END, OBJ_REF_START
@@ -10,6 +11,10 @@ from samtok_rl.prompts import OBJ_REF_END, OBJ_REF_START
 # Special tokens that carry grounding and must survive decoding; every other special token (EOS, padding, chat and
 # vision markers) is dropped, as TRL's own decoding drops it.
 KEEP_SPECIAL = (OBJ_REF_START, OBJ_REF_END, "<|box_start|>", "<|box_end|>", "<|quad_start|>", "<|quad_end|>")
+
+
+# The last decoded batch: [completion_ids, its items, tokenizer, texts] (see `TokenizerBoundReward.decode`).
+_last_decode: list = [None, (), None, None]
 
 
 class IdDecoder:
@@ -61,6 +66,17 @@ class TokenizerBoundReward:
 
     def decode(self, completion_ids) -> list[str]:
         """Decode a batch of completion ids (lists of ints or 1-D tensors) to reward text."""
+        # TRL hands the same `completion_ids` list to every reward of a step: decode it once for all the rewards
+        # bound to this tokenizer (~0.4 s per reward for 4096 x 256 tokens). The memo keeps the list and its items
+        # alive, so their ids cannot be reused by other objects while it holds them.
+        batch, items, tokenizer, texts = _last_decode
+        if (
+            batch is completion_ids
+            and tokenizer is self.tokenizer
+            and len(items) == len(completion_ids)
+            and all(map(operator.is_, items, completion_ids))
+        ):
+            return list(texts)  # a copy: a reward may edit its completions in place
         if self._decoder is None:
             tokenizer = self.tokenizer
             if isinstance(tokenizer, (str, Path)):
@@ -68,7 +84,9 @@ class TokenizerBoundReward:
 
                 tokenizer = AutoTokenizer.from_pretrained(tokenizer)
             self._decoder = IdDecoder(tokenizer)
-        return self._decoder(completion_ids)
+        texts = self._decoder(completion_ids)
+        _last_decode[:] = [completion_ids, list(completion_ids), self.tokenizer, texts]
+        return list(texts)
 
     def __call__(self, prompts, completions, completion_ids=None, **kwargs) -> list[float | None]:
         if completion_ids is not None:

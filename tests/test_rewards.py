@@ -415,6 +415,20 @@ def test_ids_and_text_give_identical_scores(processor):
     assert bind_tokenizer(rewards.format_reward, processor)(None, ["x"], completion_ids=with_eos) == [1.0]
 
 
+def test_bound_rewards_decode_a_step_once(processor, monkeypatch):
+    tok = processor.tokenizer
+    calls = []
+    real = type(tok).batch_decode
+    monkeypatch.setattr(tok, "batch_decode", lambda *a, **k: calls.append(1) or real(tok, *a, **k))
+    ids = [tok(f"<think>t</think><answer>{A}</answer>", add_special_tokens=False)["input_ids"]]
+    bound = [bind_tokenizer(REWARDS[name], processor) for name in PRESETS["gres"]]
+    scores = [f(None, None, completion_ids=ids, solution=[gres_gt("A")]) for f in bound]
+    assert scores == [[1.0]] * 4 and len(calls) == 1  # one decode for the four rewards of the step
+    ids.append(list(ids[0]))  # the same list object with other items: decoded again, not served stale
+    assert bound[1](None, None, completion_ids=ids, solution=[gres_gt("A")] * 2) == [1.0, 1.0] and len(calls) == 2
+    assert bound[1](None, None, completion_ids=[list(ids[0])], solution=["No target."]) == [0.0] and len(calls) == 3
+
+
 def test_bind_tokenizer_from_folder(tmp_path, processor):
     processor.tokenizer.save_pretrained(tmp_path)
     tok = processor.tokenizer
