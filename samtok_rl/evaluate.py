@@ -19,7 +19,6 @@ Example (the bundled sample, the tiny random VLM and the seeded micro mask token
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import logging
 import random
@@ -32,18 +31,12 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-# samtok_rl.data (pycocotools, datasets) and the metrics are imported where used: the generators must stay importable
-# in the lean vLLM test environment.
-from samtok_rl.prompts import (
-    GCG_QUESTION,
-    GRES_TEMPLATE,
-    conversation,
-    gcg_question,
-    gres_question,
-    parse_gcg,
-    split_think_answer,
-)
-from samtok_rl.tokens import parse_masks
+# samtok_rl.data (pycocotools, datasets) and the metrics are imported where used: this module (which the vLLM tests
+# import the generators through) must stay importable in the lean vLLM test environment. The output parsers and the
+# generators live in their own modules; the names imported here are also this module's public API.
+from samtok_rl.eval_parse import GRES_MAX_SPANS, clean_output, parse_gcg_output, parse_gres
+from samtok_rl.generation import HFGenerator, VLLMGenerator, resolve_backend
+from samtok_rl.prompts import GCG_QUESTION, GRES_TEMPLATE, gcg_question, gres_question
 
 
 logger = logging.getLogger(__name__)
@@ -58,109 +51,7 @@ MAX_NEW_TOKENS = {("gres", True): 1024, ("gcg", True): 2048, ("gres", False): 12
 # fixes it instead of inheriting each checkpoint's processor default, because the numbers move with it.
 DEFAULT_MIN_PIXELS = 3136
 DEFAULT_MAX_PIXELS = 1_605_632
-# The reference RL GRES eval keeps only the first span when an answer has more than this many (a degenerate loop).
-GRES_MAX_SPANS = 10
-# Qwen3-VL's chat template can leave an empty think block at the start of the output; SAMTok's eval strips it.
-QWEN3_EMPTY_THINK = "<think>\n\n</think>\n\n"
 DEFAULT_BATCH_SIZE = {"hf": 8, "vllm": 512}
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# Parsing model outputs (pure functions).
-
-
-def clean_output(text: str, strip_tokens: Sequence[str] = ()) -> str:
-    """Remove the Qwen3-VL empty think block and any trailing EOS/pad token strings from a decoded output.
-
-    Example:
-    >>> clean_output("<think>\\n\\n</think>\\n\\nNo target.<|im_end|><|endoftext|>", ["<|im_end|>", "<|endoftext|>"])
-    'No target.'
-    """
-    text = text.replace(QWEN3_EMPTY_THINK, "")
-    stripped = True
-    while stripped:
-        stripped = False
-        text = text.rstrip()
-        for token in strip_tokens:
-            if token and text.endswith(token):
-                text = text[: -len(token)]
-                stripped = True
-    return text
-
-
-def answer_part(text: str, think: bool) -> tuple[str, bool]:
-    """The part of an output the masks are read from, and whether the think/answer split found it.
-
-    With `think`, the answer of `split_think_answer` (the reference's robust rules); when the output has neither
-    `<answer>` nor `</think>`, the whole output is used (a lenient choice, counted as `no_answer_tag` in the
-    metrics). Without `think`, the whole output.
-
-    Example:
-    >>> answer_part("<think>one cup</think><answer>No target.</answer>", think=True)
-    ('No target.', True)
-    >>> answer_part("No target.", think=True)
-    ('No target.', False)
-    """
-    if not think:
-        return text, True
-    _, answer = split_think_answer(text)
-    return (text, False) if answer is None else (answer, True)
-
-
-def parse_gres(text: str, think: bool) -> dict:
-    """Read one GRES output: the codes of every span in the answer part (repair mode).
-
-    With `think` (the RL protocol), an answer with more than 10 spans keeps only its first span, as the reference
-    RL GRES eval does; the non-RL reference has no such rule.
-
-    Returns:
-        `dict`: `answer` (str), `found_answer` (bool), `codes` (list of `[c0, c1]`, `c1 == -1` = missing level-1
-        code), `num_spans` (before the cap), `capped` (bool).
-
-    Example:
-    >>> parse_gres("<think>x</think><answer>[{\\"mask_2d\\": \\"<|mt_start|><|mt_0001|><|mt_0258|><|mt_end|>\\"}]</answer>", True)["codes"]
-    [[1, 2]]
-    """
-    answer, found = answer_part(text, think)
-    codes = [list(c) for c in parse_masks(answer, repair=True)]
-    num_spans = len(codes)
-    capped = think and num_spans > GRES_MAX_SPANS
-    if capped:
-        codes = codes[:1]
-    return {"answer": answer, "found_answer": found, "codes": codes, "num_spans": num_spans, "capped": capped}
-
-
-def parse_gcg_output(text: str, think: bool) -> dict:
-    """Read one GCG output: caption, phrases and, per phrase, the span that follows it (`prompts.parse_gcg`).
-
-    A phrase without a span gets `None` (it is scored with an empty mask); spans not paired with a phrase are
-    dropped and counted, so one missing span never shifts the pairing of later phrases (SAMTok's own script pairs
-    by position).
-
-    Returns:
-        `dict`: `answer`, `found_answer`, `caption`, `phrases`, `codes` (one `[c0, c1]` or `None` per phrase),
-        `num_spans` (all spans of the answer), `phrases_without_span`, `spans_without_phrase`.
-
-    Example:
-    >>> out = parse_gcg_output("<|object_ref_start|> a cat <|object_ref_end|> and <|object_ref_start|> a hat "
-    ...                        "<|object_ref_end|> <|mt_start|><|mt_0003|><|mt_0260|><|mt_end|>", think=False)
-    >>> out["caption"], out["codes"], out["phrases_without_span"], out["spans_without_phrase"]
-    ('a cat and a hat', [None, [3, 4]], 1, 0)
-    """
-    answer, found = answer_part(text, think)
-    caption, phrases, codes = parse_gcg(answer)
-    num_spans = len(parse_masks(answer, repair=True))
-    paired = sum(c is not None for c in codes)
-    return {
-        "answer": answer,
-        "found_answer": found,
-        "caption": caption,
-        "phrases": phrases,
-        "codes": [None if c is None else list(c) for c in codes],
-        "num_spans": num_spans,
-        "phrases_without_span": len(codes) - paired,
-        "spans_without_phrase": num_spans - paired,
-    }
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -251,135 +142,6 @@ def make_samples(task: str, rows, think: bool, template: str | None = None) -> l
 def load_image(path: str) -> Image.Image:
     with Image.open(path) as img:
         return img.convert("RGB")
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# Generation backends.
-
-
-class HFGenerator:
-    """Greedy generation with transformers `generate` (CPU or GPU), left-padded batches.
-
-    Args:
-        model (`str`): model folder or Hub id.
-        device (`str`): torch device; bf16 on CUDA, fp32 otherwise.
-        max_new_tokens (`int`): generation budget.
-        min_pixels (`int`), max_pixels (`int`): the image processor's resolution bounds.
-    """
-
-    def __init__(self, model: str, device: str, max_new_tokens: int, min_pixels: int, max_pixels: int):
-        import torch
-        from transformers import AutoModelForImageTextToText, AutoProcessor
-
-        self.processor = AutoProcessor.from_pretrained(model, min_pixels=min_pixels, max_pixels=max_pixels)
-        self.processor.tokenizer.padding_side = "left"  # decoder-only batches pad on the left
-        dtype = torch.bfloat16 if str(device).startswith("cuda") else torch.float32
-        self.model = AutoModelForImageTextToText.from_pretrained(model, dtype=dtype).to(device).eval()
-        self.device = device
-        self.max_new_tokens = max_new_tokens
-        eos = self.model.generation_config.eos_token_id
-        self.stop_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
-        tok = self.processor.tokenizer
-        if tok.eos_token_id is not None:
-            self.stop_ids.add(tok.eos_token_id)
-        self.pad_id = tok.pad_token_id
-
-    def image_resolution(self) -> dict:
-        size = self.processor.image_processor.size
-        return {"min_pixels": int(size["shortest_edge"]), "max_pixels": int(size["longest_edge"])}
-
-    def generate(self, questions: Sequence[str], images: Sequence[Image.Image]) -> list[str]:
-        import torch
-
-        texts = [
-            self.processor.apply_chat_template(conversation(q), tokenize=False, add_generation_prompt=True)
-            for q in questions
-        ]
-        inputs = self.processor(text=texts, images=list(images), padding=True, return_tensors="pt").to(self.device)
-        with torch.inference_mode():
-            out = self.model.generate(
-                **inputs,
-                max_new_tokens=self.max_new_tokens,
-                do_sample=False,
-                temperature=None,
-                top_p=None,
-                top_k=None,
-            )
-        results = []
-        for ids in out[:, inputs["input_ids"].shape[1] :].tolist():
-            # Cut at the first stop token; the pad id can follow it in a batch.
-            for k, token in enumerate(ids):
-                if token in self.stop_ids:
-                    ids = ids[:k]
-                    break
-            ids = [t for t in ids if t != self.pad_id]
-            results.append(
-                self.processor.tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
-            )
-        return results
-
-    def strip_tokens(self) -> list[str]:
-        tok = self.processor.tokenizer
-        return [t for t in (tok.eos_token, tok.pad_token, "<|im_end|>", "<|endoftext|>") if t]
-
-
-class VLLMGenerator:
-    """Greedy generation with vLLM (imported lazily: it is not a dependency of the main environment).
-
-    The prompt is the processor's chat template with the image passed as `multi_modal_data`; `min_pixels` /
-    `max_pixels` go to vLLM's HF processor through `mm_processor_kwargs`; the seed is fixed.
-    """
-
-    def __init__(
-        self,
-        model: str,
-        max_new_tokens: int,
-        min_pixels: int,
-        max_pixels: int,
-        seed: int,
-        max_model_len: int,
-        gpu_memory_utilization: float,
-        tensor_parallel_size: int,
-    ):
-        from transformers import AutoProcessor
-        from vllm import LLM, SamplingParams
-
-        self.processor = AutoProcessor.from_pretrained(model, min_pixels=min_pixels, max_pixels=max_pixels)
-        self.llm = LLM(
-            model=model,
-            seed=seed,
-            max_model_len=max_model_len,
-            gpu_memory_utilization=gpu_memory_utilization,
-            tensor_parallel_size=tensor_parallel_size,
-            limit_mm_per_prompt={"image": 1, "video": 0},
-            mm_processor_kwargs={"min_pixels": min_pixels, "max_pixels": max_pixels},
-        )
-        self.sampling = SamplingParams(
-            temperature=0.0, top_p=1.0, max_tokens=max_new_tokens, skip_special_tokens=False, seed=seed
-        )
-
-    image_resolution = HFGenerator.image_resolution
-    strip_tokens = HFGenerator.strip_tokens
-
-    def generate(self, questions: Sequence[str], images: Sequence[Image.Image]) -> list[str]:
-        prompts = [
-            {
-                "prompt": self.processor.apply_chat_template(
-                    conversation(q), tokenize=False, add_generation_prompt=True
-                ),
-                "multi_modal_data": {"image": image},
-            }
-            for q, image in zip(questions, images)
-        ]
-        outputs = self.llm.generate(prompts, self.sampling, use_tqdm=False)
-        return [o.outputs[0].text for o in outputs]
-
-
-def resolve_backend(backend: str, device: str) -> str:
-    """`auto` is vLLM when it is importable and the device is CUDA, else transformers."""
-    if backend != "auto":
-        return backend
-    return "vllm" if device.startswith("cuda") and importlib.util.find_spec("vllm") is not None else "hf"
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -1,29 +1,8 @@
-"""SAMTok mask tokenizer (VQ-SAM2) built on PyPI `sam2`.
-
-A mask plus its image becomes two integer codes (one per residual-quantizer level), and two codes plus the image
-become a mask again. The SAM 2.1 parts (Hiera + FPN image encoder, prompt encoder, mask decoder) are upstream
-`sam2` modules instantiated from a sam2 hydra YAML; this module adds only what SAMTok adds:
-
-- `sam_mask_encoder`: an upstream `TwoWayTransformer` with one learned query, registered inside `SAM2Base` so the
-  released key names (`model.sam2_model.sam_mask_encoder.*`) load strictly;
-- a 2-level residual quantizer with 257-row codebooks (row 256 is an all-zero padding row) and the EMA buffers of
-  the original, so the released state dict loads strictly;
-- the decode path, which appends the summed code embedding as an extra sparse prompt token and, unlike upstream
-  `SAM2Base._forward_sam_heads`, keeps the logits when the object score is <= 0.
-
-Numerics follow the original `VQ_SAM2` exactly (see `shared/reference/samtok.md`): PIL bicubic square resize,
-boxes from `masks_to_boxes / [W, H, W, H]` given as two points with labels 2/3, a missing code (-1) read as that
-level's code 0, bilinear upsampling and `logits > 0.5`, fp32 on CPU and bf16 autocast on CUDA.
-
-Importing this module does not import `sam2`: `import sam2` initialises Hydra globally, so it is deferred to the
-moment a model is built.
-"""
+"""`MaskTokenizer`: SAM 2 plus SAMTok's modules, with the encode (mask -> codes) and decode (codes -> mask) paths."""
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import importlib.resources
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -33,247 +12,26 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from torch import nn
+
+from samtok_rl.mask_tokenizer.checkpoint import (
+    CHECKPOINT_NAME,
+    DEFAULT_SAM2_CONFIG,
+    CheckpointMismatchError,
+    _build_sam2_base,
+    _format_keys,
+    _load_state_dict_file,
+)
+from samtok_rl.mask_tokenizer.image import _IMG_MEAN, _IMG_STD, ImageLike, _as_rgb, _image_key, resize_image
+from samtok_rl.mask_tokenizer.modules import MaskEncoder, ResidualQuantizer, _VQSAM2Body
 
 
 if TYPE_CHECKING:
     from sam2.modeling.sam2_base import SAM2Base
 
 
-__all__ = [
-    "CHECKPOINT_NAME",
-    "DEFAULT_SAM2_CONFIG",
-    "MICRO_SAM2_CONFIG",
-    "CheckpointMismatchError",
-    "MaskEncoder",
-    "MaskTokenizer",
-    "ResidualQuantizer",
-    "VQCodebook",
-    "build_micro_mask_tokenizer",
-    "resize_image",
-]
-
-ImageLike = np.ndarray | Image.Image  # (H, W, 3) uint8 array (grayscale/RGBA converted) or PIL image
-
-# The released SAMTok model folders ship the tokenizer under this name, next to the VLM weights.
-CHECKPOINT_NAME = "mask_tokenizer_256x2.pth"
-# Packaged with sam2; the original hard-codes exactly these SAM 2.1 hiera-L values.
-DEFAULT_SAM2_CONFIG = "configs/sam2.1/sam2.1_hiera_l.yaml"
-# Packaged with samtok_rl (samtok_rl/configs/); the micro architecture of the golden reference data.
-MICRO_SAM2_CONFIG = "sam2_micro.yaml"
-
-_IMG_MEAN = (0.485, 0.456, 0.406)
-_IMG_STD = (0.229, 0.224, 0.225)
 # The original's decode threshold is applied to the logits, not to a sigmoid (sigmoid > ~0.6225).
 MASK_THRESHOLD = 0.5
-
-
-class CheckpointMismatchError(RuntimeError):
-    """A state dict does not match the model's keys or shapes."""
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Modules SAMTok adds to SAM 2.1
-# --------------------------------------------------------------------------------------------------------------
-
-
-class MaskEncoder(nn.Module):
-    """SAMTok's mask encoder: a two-way transformer with learned query tokens and no output heads.
-
-    Registered as `SAM2Base.sam_mask_encoder`. Its tokens are `[mask_tokens ; sparse prompt]`, its image input is
-    the image embedding plus the dense (mask) prompt embedding, and its output is the processed query tokens.
-
-    Args:
-        transformer (`nn.Module`):
-            An upstream `sam2.modeling.sam.transformer.TwoWayTransformer` (depth 2, 8 heads, MLP 2048 in SAMTok).
-        transformer_dim (`int`):
-            Channel dimension of the tokens and of the image embedding.
-        num_mask_tokens (`int`, *optional*, defaults to 1):
-            Number of learned query tokens. The released tokenizer uses 1.
-    """
-
-    def __init__(self, transformer: nn.Module, transformer_dim: int, num_mask_tokens: int = 1) -> None:
-        super().__init__()
-        self.transformer = transformer
-        self.transformer_dim = transformer_dim
-        self.num_mask_tokens = num_mask_tokens
-        self.mask_tokens = nn.Embedding(num_mask_tokens, transformer_dim)
-
-    def forward(
-        self,
-        image_embeddings: torch.Tensor,
-        image_pe: torch.Tensor,
-        sparse_prompt_embeddings: torch.Tensor,
-        dense_prompt_embeddings: torch.Tensor,
-    ) -> torch.Tensor:
-        """Encode prompts against an image embedding.
-
-        Args:
-            image_embeddings (`torch.Tensor` of shape `(B, C, h, w)`): image embedding, one row per prompt.
-            image_pe (`torch.Tensor` of shape `(1, C, h, w)`): `PromptEncoder.get_dense_pe()`.
-            sparse_prompt_embeddings (`torch.Tensor` of shape `(B, P, C)`): point prompts.
-            dense_prompt_embeddings (`torch.Tensor` of shape `(B, C, h, w)`): mask prompts.
-
-        Returns:
-            `torch.Tensor` of shape `(B, num_mask_tokens, C)`: the processed query tokens.
-        """
-        batch = sparse_prompt_embeddings.size(0)
-        output_tokens = self.mask_tokens.weight.unsqueeze(0).expand(batch, -1, -1)
-        tokens = torch.cat((output_tokens, sparse_prompt_embeddings), dim=1)  # (B, num_mask_tokens + P, C)
-        src = image_embeddings + dense_prompt_embeddings
-        pos_src = torch.repeat_interleave(image_pe, batch, dim=0)
-        hs, _ = self.transformer(src, pos_src, tokens)
-        return hs[:, : self.num_mask_tokens, :]
-
-
-class VQCodebook(nn.Embedding):
-    """One residual-quantizer level: `codebook_size` searchable rows plus an all-zero padding row.
-
-    The weights are EMA-trained in the original, so they carry no gradient, and the EMA buffers
-    (`cluster_size_ema`, `embed_ema`) are kept only so that released checkpoints load strictly; inference never
-    updates them.
-
-    Args:
-        codebook_size (`int`): number of searchable rows (256 in the release).
-        embedding_dim (`int`): code embedding size (256 in the release).
-    """
-
-    def __init__(self, codebook_size: int, embedding_dim: int) -> None:
-        super().__init__(codebook_size + 1, embedding_dim, padding_idx=codebook_size)
-        self.codebook_size = codebook_size
-        self.weight.requires_grad_(False)
-        self.register_buffer("cluster_size_ema", torch.zeros(codebook_size))
-        self.register_buffer("embed_ema", self.weight[:-1].detach().clone())
-
-    def nearest(self, inputs: torch.Tensor) -> torch.Tensor:
-        """Index of the nearest searchable row for each input row.
-
-        Args:
-            inputs (`torch.Tensor` of shape `(N, D)`): vectors to quantize.
-
-        Returns:
-            `torch.Tensor` of shape `(N,)`, int64: row indices in `[0, codebook_size)`.
-        """
-        # Same expression as the original (||r||^2 + ||e||^2 - 2 r.e via addmm), so near-ties break identically.
-        codebook_t = self.weight[:-1].t().contiguous().to(inputs.dtype)  # (D, S)
-        distances = torch.addmm(
-            inputs.pow(2.0).sum(dim=1, keepdim=True) + codebook_t.pow(2.0).sum(dim=0, keepdim=True),
-            inputs,
-            codebook_t,
-            alpha=-2.0,
-        )  # (N, S)
-        return distances.argmin(dim=-1)
-
-
-class ResidualQuantizer(nn.Module):
-    """Residual vector quantizer with one unshared `VQCodebook` per level (eval mode only).
-
-    Args:
-        codebook_size (`int`, *optional*, defaults to 256): searchable rows per level.
-        latent_dim (`int`, *optional*, defaults to 256): embedding size.
-        codebook_depth (`int`, *optional*, defaults to 2): number of levels.
-    """
-
-    def __init__(self, codebook_size: int = 256, latent_dim: int = 256, codebook_depth: int = 2) -> None:
-        super().__init__()
-        self.codebook_size = codebook_size
-        self.codebook_depth = codebook_depth
-        self.codebooks = nn.ModuleList(VQCodebook(codebook_size, latent_dim) for _ in range(codebook_depth))
-
-    def quantize(self, x: torch.Tensor) -> torch.Tensor:
-        """Greedy residual quantization.
-
-        Args:
-            x (`torch.Tensor` of shape `(N, D)`): continuous mask embeddings.
-
-        Returns:
-            `torch.Tensor` of shape `(N, codebook_depth)`, int64: per-level codes.
-        """
-        residual = x.detach().clone()
-        codes = []
-        for codebook in self.codebooks:
-            code = codebook.nearest(residual)  # (N,) int64
-            residual = residual - codebook(code)
-            codes.append(code)
-        return torch.stack(codes, dim=-1)
-
-    def embed_codes(self, codes: torch.Tensor) -> torch.Tensor:
-        """Sum of the looked-up rows of every level.
-
-        A code of -1 reads as row 0 of its level. The original `embed_code` overwrites -1 with 0 in place before it
-        tests for -1, so it never skips a level; the golden data pins that behaviour. Unlike the original, the
-        caller's tensor is left untouched.
-
-        Args:
-            codes (`torch.Tensor` of shape `(N, codebook_depth)`, int64): per-level codes in `[-1, codebook_size)`.
-
-        Returns:
-            `torch.Tensor` of shape `(N, D)`: code embeddings.
-        """
-        codes = codes.masked_fill(codes == -1, 0)
-        embeds = [codebook(codes[:, level]) for level, codebook in enumerate(self.codebooks)]
-        return torch.stack(embeds, dim=1).sum(dim=1)  # (N, D), same reduction as the original
-
-
-class _VQSAM2Body(nn.Module):
-    """Holds `SAM2Base` under the attribute name that gives the released `model.sam2_model.*` key prefix."""
-
-    def __init__(self, sam2_model: SAM2Base) -> None:
-        super().__init__()
-        self.sam2_model = sam2_model
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Image and checkpoint helpers
-# --------------------------------------------------------------------------------------------------------------
-
-
-def _as_rgb(image: ImageLike) -> np.ndarray:
-    """`(H, W, 3)` uint8 RGB array from a PIL image or a uint8 array (grayscale, RGB or RGBA)."""
-    if isinstance(image, Image.Image):
-        return np.asarray(image if image.mode == "RGB" else image.convert("RGB"))
-    if not isinstance(image, np.ndarray):
-        raise TypeError(f"image must be a numpy array or a PIL image, got {type(image).__name__}")
-    if image.dtype != np.uint8:
-        raise ValueError(f"image array must be uint8, got {image.dtype}")
-    if image.ndim == 3 and image.shape[2] == 3:
-        return image
-    if image.ndim == 2 or (image.ndim == 3 and image.shape[2] in (1, 4)):
-        # PIL's own conversions: grayscale is replicated, RGBA drops alpha (no compositing).
-        channels_last = image[..., 0] if image.ndim == 3 and image.shape[2] == 1 else image
-        return np.asarray(Image.fromarray(channels_last).convert("RGB"))
-    raise ValueError(f"image array must be (H, W), (H, W, 1), (H, W, 3) or (H, W, 4), got shape {image.shape}")
-
-
-def resize_image(image: ImageLike, size: int = 1024) -> np.ndarray:
-    """Square-resize an image exactly as SAMTok's `DirectResize` does.
-
-    PIL bicubic to `size x size`, ignoring the aspect ratio, without padding. Upstream SAM 2 resizes with
-    torchvision bilinear instead, which gives different pixels.
-
-    Args:
-        image (`np.ndarray` or `PIL.Image.Image`): uint8 `(H, W, 3)` array (grayscale/RGBA converted) or PIL image.
-        size (`int`, *optional*, defaults to 1024): output side.
-
-    Returns:
-        `np.ndarray` of shape `(size, size, 3)`, uint8.
-
-    Example:
-
-    >>> resize_image(np.zeros((400, 600, 3), np.uint8)).shape
-    (1024, 1024, 3)
-    """
-    pil = Image.fromarray(_as_rgb(image))
-    return np.array(pil.resize((size, size), resample=Image.Resampling.BICUBIC))
-
-
-def _image_key(rgb: np.ndarray) -> str:
-    """Content hash of an RGB image (shape included, so a reshaped buffer never collides)."""
-    digest = hashlib.blake2b(digest_size=16)
-    digest.update(repr(rgb.shape).encode())
-    digest.update(np.ascontiguousarray(rgb).data)
-    return digest.hexdigest()
 
 
 def _as_codes(codes: object, codebook_size: int, depth: int) -> np.ndarray:
@@ -295,54 +53,6 @@ def _as_codes(codes: object, codebook_size: int, depth: int) -> np.ndarray:
     return array.astype(np.int64)
 
 
-def _load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
-    """Flat tensor dict from a `.pth` (weights_only) or `.safetensors` file."""
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path), device="cpu")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(state, dict):
-        raise CheckpointMismatchError(f"{path}: expected a flat dict of tensors, got {type(state).__name__}")
-    return state
-
-
-def _format_keys(keys: Sequence[str], limit: int = 50) -> str:
-    shown = ", ".join(keys[:limit])
-    return f"{shown}, ... and {len(keys) - limit} more" if len(keys) > limit else shown
-
-
-def _read_config(sam2_config: str | Path):
-    """Load a sam2 YAML given as a file path, a name in `samtok_rl/configs`, or a name packaged with sam2."""
-    from omegaconf import OmegaConf
-
-    path = Path(sam2_config)
-    if path.is_file():
-        return OmegaConf.load(path)
-    name = str(sam2_config)
-    # Finding a resource of the sam2 package imports sam2 (which initialises Hydra): this runs at build time only.
-    roots = [importlib.resources.files("samtok_rl") / "configs", importlib.resources.files("sam2")]
-    candidates = [root.joinpath(*name.split("/")) for root in roots]
-    for candidate in candidates:
-        if candidate.is_file():
-            return OmegaConf.create(candidate.read_text(encoding="utf-8"))
-    raise FileNotFoundError(
-        f"sam2 config {name!r} not found; looked at: {', '.join(str(c) for c in [path, *candidates])}"
-    )
-
-
-def _build_sam2_base(sam2_config: str | Path) -> SAM2Base:
-    """Instantiate `SAM2Base` from a sam2 hydra YAML (path, `samtok_rl/configs` name or sam2 packaged name)."""
-    from hydra.utils import instantiate
-    from omegaconf import OmegaConf
-
-    cfg = _read_config(sam2_config)
-    OmegaConf.resolve(cfg)
-    # Instantiate the model node directly rather than through sam2.build_sam2: build_sam2 would switch on
-    # dynamic_multimask_via_stability (apply_postprocessing), which the original tokenizer does not use.
-    return instantiate(cfg.model, _recursive_=True)
-
-
 @dataclass
 class _ImageFeatures:
     """Backbone outputs for one image, batch size 1."""
@@ -350,11 +60,6 @@ class _ImageFeatures:
     pix_feat: torch.Tensor  # (1, C, h, w): top FPN level + no_mem_embed
     high_res: list[torch.Tensor] | None  # [(1, C/8, 4h, 4w), (1, C/4, 2h, 2w)] after conv_s0/conv_s1
     size: tuple[int, int]  # original (H, W)
-
-
-# --------------------------------------------------------------------------------------------------------------
-# The tokenizer
-# --------------------------------------------------------------------------------------------------------------
 
 
 class MaskTokenizer(nn.Module):
@@ -832,54 +537,3 @@ class MaskTokenizer(nn.Module):
             else:
                 results.append(np.zeros((0, *rgb.shape[:2]), dtype=bool))
         return results
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Random micro tokenizer (CPU demo and tests)
-# --------------------------------------------------------------------------------------------------------------
-
-
-def _make_random_weights_informative(tokenizer: MaskTokenizer, generator: torch.Generator) -> None:
-    """Apply the golden reference data's weight recipe so random weights give non-degenerate masks and codes.
-
-    Default initialisation leaves LayerNorms and position embeddings constant (so they have no effect) and keeps
-    the decoded logits below the 0.5 threshold. As in `shared/golden/vq_sam2_micro_a`: constant multi-element
-    float parameters get N(0, 0.1^2) noise, then a few prompt/decoder tensors are rescaled.
-    """
-    with torch.no_grad():
-        for param in tokenizer.parameters():
-            if param.is_floating_point() and param.numel() > 1 and bool((param == param.flatten()[0]).all()):
-                param.add_(torch.randn(param.shape, generator=generator) * 0.1)
-        sam2 = tokenizer.model.sam2_model
-        for embedding in [*sam2.sam_prompt_encoder.point_embeddings, sam2.sam_prompt_encoder.not_a_point_embed]:
-            embedding.weight.mul_(0.25)
-        sam2.sam_mask_encoder.mask_tokens.weight.mul_(0.25)
-        sam2.sam_prompt_encoder.pe_layer.positional_encoding_gaussian_matrix.mul_(3.0)
-        for mlp in sam2.sam_mask_decoder.output_hypernetworks_mlps:
-            mlp.layers[-1].weight.mul_(2.5)
-            mlp.layers[-1].bias.mul_(2.5)
-        for codebook in tokenizer.quantizer.codebooks:
-            codebook.embed_ema.copy_(codebook.weight[:-1])
-
-
-def build_micro_mask_tokenizer(seed: int = 0, device: str | torch.device = "cpu", **kwargs) -> MaskTokenizer:
-    """A seeded random tokenizer with the micro SAM 2 architecture of the golden reference data.
-
-    Fast on CPU (a fraction of a second per image); used by the CPU demo and by tests when the golden folder is
-    absent. The weights are random but informative (see `_make_random_weights_informative`): masks decode to
-    image-dependent textured patterns, not to the input masks.
-
-    Args:
-        seed (`int`, *optional*, defaults to 0): weight seed; the global RNG state is left untouched.
-        device (`str` or `torch.device`, *optional*, defaults to `"cpu"`): target device.
-        **kwargs: forwarded to the `MaskTokenizer` constructor.
-
-    Returns:
-        `MaskTokenizer` in eval mode.
-    """
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        tokenizer = MaskTokenizer(_build_sam2_base(MICRO_SAM2_CONFIG), **kwargs)
-    generator = torch.Generator().manual_seed(seed + 1)
-    _make_random_weights_informative(tokenizer, generator)
-    return tokenizer.to(device)

@@ -1,0 +1,139 @@
+"""Greedy generation backends of the eval runner: transformers `generate` (`HFGenerator`) and vLLM (`VLLMGenerator`).
+
+Both take the task questions and PIL images and return the decoded outputs (`skip_special_tokens=False`). vLLM is
+imported only when a `VLLMGenerator` is built: it is not a dependency of the main environment.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Sequence
+
+from PIL import Image
+
+from samtok_rl.prompts import conversation
+
+
+class HFGenerator:
+    """Greedy generation with transformers `generate` (CPU or GPU), left-padded batches.
+
+    Args:
+        model (`str`): model folder or Hub id.
+        device (`str`): torch device; bf16 on CUDA, fp32 otherwise.
+        max_new_tokens (`int`): generation budget.
+        min_pixels (`int`), max_pixels (`int`): the image processor's resolution bounds.
+    """
+
+    def __init__(self, model: str, device: str, max_new_tokens: int, min_pixels: int, max_pixels: int):
+        import torch
+        from transformers import AutoModelForImageTextToText, AutoProcessor
+
+        self.processor = AutoProcessor.from_pretrained(model, min_pixels=min_pixels, max_pixels=max_pixels)
+        self.processor.tokenizer.padding_side = "left"  # decoder-only batches pad on the left
+        dtype = torch.bfloat16 if str(device).startswith("cuda") else torch.float32
+        self.model = AutoModelForImageTextToText.from_pretrained(model, dtype=dtype).to(device).eval()
+        self.device = device
+        self.max_new_tokens = max_new_tokens
+        eos = self.model.generation_config.eos_token_id
+        self.stop_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+        tok = self.processor.tokenizer
+        if tok.eos_token_id is not None:
+            self.stop_ids.add(tok.eos_token_id)
+        self.pad_id = tok.pad_token_id
+
+    def image_resolution(self) -> dict:
+        size = self.processor.image_processor.size
+        return {"min_pixels": int(size["shortest_edge"]), "max_pixels": int(size["longest_edge"])}
+
+    def generate(self, questions: Sequence[str], images: Sequence[Image.Image]) -> list[str]:
+        import torch
+
+        texts = [
+            self.processor.apply_chat_template(conversation(q), tokenize=False, add_generation_prompt=True)
+            for q in questions
+        ]
+        inputs = self.processor(text=texts, images=list(images), padding=True, return_tensors="pt").to(self.device)
+        with torch.inference_mode():
+            out = self.model.generate(
+                **inputs,
+                max_new_tokens=self.max_new_tokens,
+                do_sample=False,
+                temperature=None,
+                top_p=None,
+                top_k=None,
+            )
+        results = []
+        for ids in out[:, inputs["input_ids"].shape[1] :].tolist():
+            # Cut at the first stop token; the pad id can follow it in a batch.
+            for k, token in enumerate(ids):
+                if token in self.stop_ids:
+                    ids = ids[:k]
+                    break
+            ids = [t for t in ids if t != self.pad_id]
+            results.append(
+                self.processor.tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+            )
+        return results
+
+    def strip_tokens(self) -> list[str]:
+        tok = self.processor.tokenizer
+        return [t for t in (tok.eos_token, tok.pad_token, "<|im_end|>", "<|endoftext|>") if t]
+
+
+class VLLMGenerator:
+    """Greedy generation with vLLM (imported lazily: it is not a dependency of the main environment).
+
+    The prompt is the processor's chat template with the image passed as `multi_modal_data`; `min_pixels` /
+    `max_pixels` go to vLLM's HF processor through `mm_processor_kwargs`; the seed is fixed.
+    """
+
+    def __init__(
+        self,
+        model: str,
+        max_new_tokens: int,
+        min_pixels: int,
+        max_pixels: int,
+        seed: int,
+        max_model_len: int,
+        gpu_memory_utilization: float,
+        tensor_parallel_size: int,
+    ):
+        from transformers import AutoProcessor
+        from vllm import LLM, SamplingParams
+
+        self.processor = AutoProcessor.from_pretrained(model, min_pixels=min_pixels, max_pixels=max_pixels)
+        self.llm = LLM(
+            model=model,
+            seed=seed,
+            max_model_len=max_model_len,
+            gpu_memory_utilization=gpu_memory_utilization,
+            tensor_parallel_size=tensor_parallel_size,
+            limit_mm_per_prompt={"image": 1, "video": 0},
+            mm_processor_kwargs={"min_pixels": min_pixels, "max_pixels": max_pixels},
+        )
+        self.sampling = SamplingParams(
+            temperature=0.0, top_p=1.0, max_tokens=max_new_tokens, skip_special_tokens=False, seed=seed
+        )
+
+    image_resolution = HFGenerator.image_resolution
+    strip_tokens = HFGenerator.strip_tokens
+
+    def generate(self, questions: Sequence[str], images: Sequence[Image.Image]) -> list[str]:
+        prompts = [
+            {
+                "prompt": self.processor.apply_chat_template(
+                    conversation(q), tokenize=False, add_generation_prompt=True
+                ),
+                "multi_modal_data": {"image": image},
+            }
+            for q, image in zip(questions, images)
+        ]
+        outputs = self.llm.generate(prompts, self.sampling, use_tqdm=False)
+        return [o.outputs[0].text for o in outputs]
+
+
+def resolve_backend(backend: str, device: str) -> str:
+    """`auto` is vLLM when it is importable and the device is CUDA, else transformers."""
+    if backend != "auto":
+        return backend
+    return "vllm" if device.startswith("cuda") and importlib.util.find_spec("vllm") is not None else "hf"
