@@ -393,7 +393,8 @@ def evaluate(args: argparse.Namespace, generator=None, text_similarity=None, mas
         raise SystemExit(
             f"{out_dir} holds predictions made with other settings ({', '.join(changed)}); use another --output-dir"
         )
-    if generator is None and num_todo:
+    owned = generator is None and num_todo > 0  # a generator this call builds is also closed by it
+    if owned:
         generator = _make_generator(args, backend, device, max_new_tokens)
     if generator is not None:
         # The processor's own reading of the resolution bounds, so a processor that ignored them cannot go unseen.
@@ -425,6 +426,8 @@ def evaluate(args: argparse.Namespace, generator=None, text_similarity=None, mas
                 generated += len(batch)
                 progress.update(len(batch))
         progress.close()
+    if owned:
+        generator.close()
 
     if args.task == "gcg" and text_similarity is None:
         from samtok_rl.metrics import BertTextSimilarity

@@ -45,6 +45,10 @@ class HFGenerator:
         size = self.processor.image_processor.size
         return {"min_pixels": int(size["shortest_edge"]), "max_pixels": int(size["longest_edge"])}
 
+    def close(self) -> None:
+        """Release the model (the same call as `VLLMGenerator.close`)."""
+        self.model = None
+
     def generate(self, questions: Sequence[str], images: Sequence[Image.Image]) -> list[str]:
         import torch
 
@@ -117,6 +121,11 @@ class VLLMGenerator:
 
     image_resolution = HFGenerator.image_resolution
     strip_tokens = HFGenerator.strip_tokens
+
+    def close(self) -> None:
+        """Shut the engine and its worker processes down now; otherwise they stop at interpreter exit, when the
+        logging streams may already be closed."""
+        self.llm.llm_engine.engine_core.shutdown()
 
     def generate(self, questions: Sequence[str], images: Sequence[Image.Image]) -> list[str]:
         prompts = [

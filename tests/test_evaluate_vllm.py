@@ -37,3 +37,4 @@ def test_vllm_generator_on_tiny_vlm(monkeypatch):
     assert gen.generate(questions, images) == texts
     assert gen.generate(questions[1:], images[1:]) == texts[1:]
     assert all("<|im_end|>" not in clean_output(t, gen.strip_tokens()) for t in texts)
+    gen.close()  # engine processes stop now, not at interpreter exit after pytest closed the log streams
