@@ -228,11 +228,9 @@ class _LazyMasks(Sequence):
 
 def _union(rles: Sequence[dict], size: Sequence[int]) -> np.ndarray:
     from samtok_rl.data import decode_rle
+    from samtok_rl.metrics import union_masks
 
-    out = np.zeros(tuple(size), dtype=bool)
-    for rle in rles:
-        out |= decode_rle(rle)
-    return out
+    return union_masks((decode_rle(rle) for rle in rles), tuple(size))
 
 
 def score_gres(records: Sequence[dict], rows) -> dict:
@@ -301,13 +299,11 @@ def _seed_everything(seed: int) -> None:
 
 
 def _load_mask_tokenizer(args, device: str):
-    from samtok_rl.mask_tokenizer import MaskTokenizer, build_micro_mask_tokenizer
+    from samtok_rl.mask_tokenizer import MaskTokenizer, load_mask_tokenizer
 
     if args.checkpoint is not None:
         return MaskTokenizer.from_files(args.sam2_config, args.checkpoint, device=device, drop_memory_modules=True)
-    if args.mask_tokenizer == "micro":
-        return build_micro_mask_tokenizer(seed=args.seed, device=device)
-    return MaskTokenizer.from_pretrained(args.mask_tokenizer or args.model, device=device, drop_memory_modules=True)
+    return load_mask_tokenizer(args.mask_tokenizer or args.model, device=device, drop_memory_modules=True)
 
 
 def _settings(args, backend: str, max_new_tokens: int, data: Path) -> dict:

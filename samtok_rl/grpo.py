@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from samtok_rl.mask_tokenizer.micro import MICRO
 from samtok_rl.tokens import MASK_TOKENS, format_mask
 
 
@@ -33,7 +34,6 @@ logger = logging.getLogger(__name__)
 
 TINY_PREFIX = "tiny:"
 SAMPLE_PREFIX = "sample:"
-MICRO_MASK_TOKENIZER = "micro"
 # The language model's attention projections: LoRA stays off the vision tower (frozen, and vLLM applies LoRA to the
 # language model only) and off the embeddings / lm_head (vLLM rejects adapters that carry those rows).
 DEFAULT_LORA_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj)"
@@ -157,7 +157,7 @@ def resolve_rewards(script_args, training_args) -> tuple[list[str], list]:
             # The micro tokenizer is built here (it has no files); a real one loads lazily in each process.
             source = script_args.mask_tokenizer
             func = rewards.get_mask_iou_reward(
-                load_mask_tokenizer(source) if source == MICRO_MASK_TOKENIZER else source
+                load_mask_tokenizer(source) if source == MICRO else source
             )
         funcs.append(func)
     return specs, funcs
@@ -192,14 +192,11 @@ def resolve_model_path(name_or_path: str) -> str:
 
 
 def load_mask_tokenizer(name: str):
-    """`micro` -> the seeded micro tokenizer; otherwise `MaskTokenizer.from_pretrained(name)`."""
-    import torch
+    """`micro` -> the seeded micro tokenizer; otherwise `MaskTokenizer.from_pretrained(name)` (see
+    `samtok_rl.mask_tokenizer.load_mask_tokenizer`)."""
+    from samtok_rl.mask_tokenizer import load_mask_tokenizer as load
 
-    from samtok_rl.mask_tokenizer import MaskTokenizer, build_micro_mask_tokenizer
-
-    if name == MICRO_MASK_TOKENIZER:
-        return build_micro_mask_tokenizer(seed=0)
-    return MaskTokenizer.from_pretrained(name, device="cuda" if torch.cuda.is_available() else "cpu")
+    return load(name)
 
 
 def sample_dir(task: str, mask_tokenizer: str) -> Path:

@@ -385,7 +385,7 @@ def make_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argum
     prm.add_argument("--template", default=None, help="GRES template with {expression}, or the whole GCG question")
     prm.add_argument("--no-think", action="store_true", help="leave out the R1 think/answer instruction")
     tok = parser.add_argument_group("mask tokenizer")
-    tok.add_argument("--mask-tokenizer", default=None, help="SAMTok model folder, checkpoint file or Hub id")
+    tok.add_argument("--mask-tokenizer", default=None, help="SAMTok model folder, checkpoint file or Hub id, or `micro` (the seeded micro tokenizer)")
     tok.add_argument("--sam2-config", type=Path, default=None, help="sam2 YAML (with --checkpoint)")
     tok.add_argument("--checkpoint", type=Path, default=None, help="tokenizer weights, .pth or .safetensors")
     tok.add_argument("--device", default=None, help="default: cuda when available, else cpu")
@@ -404,11 +404,11 @@ def _tokenizer_loader(args) -> tuple[Callable[[], object], str]:
     def load():
         import torch
 
-        from samtok_rl.mask_tokenizer import MaskTokenizer
+        from samtok_rl.mask_tokenizer import MaskTokenizer, load_mask_tokenizer
 
         device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
         if args.mask_tokenizer is not None:
-            return MaskTokenizer.from_pretrained(args.mask_tokenizer, device=device, drop_memory_modules=True)
+            return load_mask_tokenizer(args.mask_tokenizer, device=device, drop_memory_modules=True)
         return MaskTokenizer.from_files(args.sam2_config, args.checkpoint, device=device, drop_memory_modules=True)
 
     described = args.mask_tokenizer or f"{args.sam2_config}:{args.checkpoint}"

@@ -29,7 +29,7 @@ from samtok_rl.mask_tokenizer.checkpoint import (
     CheckpointMismatchError,
 )
 from samtok_rl.mask_tokenizer.image import resize_image
-from samtok_rl.mask_tokenizer.micro import build_micro_mask_tokenizer
+from samtok_rl.mask_tokenizer.micro import MICRO, build_micro_mask_tokenizer, load_mask_tokenizer
 from samtok_rl.mask_tokenizer.modules import MaskEncoder, ResidualQuantizer, VQCodebook
 from samtok_rl.mask_tokenizer.tokenizer import MaskTokenizer
 
@@ -37,6 +37,7 @@ from samtok_rl.mask_tokenizer.tokenizer import MaskTokenizer
 __all__ = [
     "CHECKPOINT_NAME",
     "DEFAULT_SAM2_CONFIG",
+    "MICRO",
     "MICRO_SAM2_CONFIG",
     "CheckpointMismatchError",
     "MaskEncoder",
@@ -44,5 +45,6 @@ __all__ = [
     "ResidualQuantizer",
     "VQCodebook",
     "build_micro_mask_tokenizer",
+    "load_mask_tokenizer",
     "resize_image",
 ]

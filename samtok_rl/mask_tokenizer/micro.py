@@ -52,3 +52,25 @@ def build_micro_mask_tokenizer(seed: int = 0, device: str | torch.device = "cpu"
     generator = torch.Generator().manual_seed(seed + 1)
     _make_random_weights_informative(tokenizer, generator)
     return tokenizer.to(device)
+
+
+# The name that selects the seeded micro tokenizer wherever a mask tokenizer is named (recipes, CLIs).
+MICRO = "micro"
+
+
+def load_mask_tokenizer(
+    name: str, device: str | torch.device | None = None, drop_memory_modules: bool = False
+) -> MaskTokenizer:
+    """Load the mask tokenizer a recipe or command line names: `micro` (the seeded micro tokenizer, seed 0, so every
+    command that says `micro` means the same weights) or a SAMTok folder / checkpoint / Hub id for
+    `MaskTokenizer.from_pretrained`. `device` defaults to CUDA when available.
+
+    Example:
+    >>> load_mask_tokenizer("micro", device="cpu").quantizer.codebook_size
+    256
+    """
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == MICRO:
+        return build_micro_mask_tokenizer(seed=0, device=device)
+    return MaskTokenizer.from_pretrained(name, device=device, drop_memory_modules=drop_memory_modules)
