@@ -367,35 +367,6 @@ def make_peft_config(model_args, training_args):
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Trainer
-
-
-def _trainer_class():
-    from trl import GRPOTrainer
-
-    class SamtokGRPOTrainer(GRPOTrainer):
-        """`GRPOTrainer` whose resume reloads full-model checkpoints through `from_pretrained`.
-
-        `save_pretrained` writes Qwen-VL checkpoints in the original key layout (`visual.*`, `model.layers.*`), but
-        transformers 5.17's `Trainer._load_from_checkpoint` loads them with a plain non-strict `load_state_dict`,
-        which matches no key: every weight stays at its initial value and the run only warns. `from_pretrained`
-        applies the model's key conversion. PEFT adapters, FSDP and DeepSpeed checkpoints keep the stock path.
-        """
-
-        def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
-            from peft import PeftModel
-
-            model = self.model if model is None else model
-            if isinstance(model, PeftModel) or self.is_fsdp_enabled or self.is_deepspeed_enabled:
-                return super()._load_from_checkpoint(resume_from_checkpoint, model)
-            logger.info("loading the model weights of %s with from_pretrained", resume_from_checkpoint)
-            loaded = type(model).from_pretrained(resume_from_checkpoint, dtype=model.dtype)
-            model.load_state_dict(loaded.state_dict(), strict=True)
-
-    return SamtokGRPOTrainer
-
-
-# ---------------------------------------------------------------------------------------------------------------------
 # Entry point
 
 
@@ -443,7 +414,9 @@ def main(script_args=None, training_args=None, model_args=None):
         logger.info("vision tower frozen (%d parameters)", freeze_vision_tower(model))
     peft_config = make_peft_config(model_args, training_args) if model_args.use_peft else None
 
-    trainer = _trainer_class()(
+    from samtok_rl.trainer import SamtokGRPOTrainer
+
+    trainer = SamtokGRPOTrainer(
         model=model,
         # Each reward decodes completion_ids itself, keeping the grounding markers TRL's decode drops.
         reward_funcs=[rewards.bind_tokenizer(func, processor) for func in funcs],
@@ -460,16 +433,6 @@ def main(script_args=None, training_args=None, model_args=None):
         f"model saved to {training_args.output_dir}"
     )
     return trainer
-
-
-def reward_summary(trainer) -> dict[str, float]:
-    """Mean of every logged `reward*` / `rewards/*` value over the run, from `trainer.state.log_history`."""
-    sums: dict[str, list[float]] = {}
-    for entry in trainer.state.log_history:
-        for key, value in entry.items():
-            if key == "reward" or key.startswith("rewards/"):
-                sums.setdefault(key, []).append(value)
-    return {key: sum(values) / len(values) for key, values in sums.items()}
 
 
 if __name__ == "__main__":

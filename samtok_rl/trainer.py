@@ -1,0 +1,59 @@
+"""`SamtokGRPOTrainer`: TRL's `GRPOTrainer` with on-policy vLLM rollouts and a resume that restores the weights.
+
+The one thin subclass of TRL's trainer in samtok-rl. It overrides two things, both pinned to the TRL release in
+`samtok_rl.vllm_rollouts.TRL_VERSION` by `tests/test_trl_pins.py`:
+
+- `__init__`: with `use_vllm`, TRL's `VLLMGeneration` is replaced by [`OnPolicyVLLMGeneration`] for the duration of
+  TRL's own `__init__`, with the trainer's dtype and pixel limits for the colocated engine.
+- `_load_from_checkpoint`: full-model checkpoints are reloaded through `from_pretrained` (see below).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from unittest import mock
+
+import trl.trainer.grpo_trainer as trl_grpo
+from peft import PeftModel
+from trl import GRPOTrainer
+
+
+logger = logging.getLogger(__name__)
+
+
+class SamtokGRPOTrainer(GRPOTrainer):
+    """`GRPOTrainer` whose vLLM rollouts prefill exactly the trainer's prompts and whose resume restores weights.
+
+    Same arguments as TRL's `GRPOTrainer`; `model` must be a loaded model and `processing_class` a VLM processor.
+    """
+
+    def __init__(self, model, *args, **kwargs):
+        training_args = kwargs.get("args")
+        if training_args is None or not training_args.use_vllm:
+            super().__init__(model, *args, **kwargs)
+            return
+        from samtok_rl.vllm_rollouts import OnPolicyVLLMGeneration, engine_kwargs_for  # vLLM runs only
+
+        generation = functools.partial(
+            OnPolicyVLLMGeneration, engine_kwargs=engine_kwargs_for(kwargs["processing_class"], training_args, model)
+        )
+        # TRL builds its generation backend by this module-level name inside `__init__`; swapping the name for the
+        # call keeps all of TRL's set-up rather than copying it.
+        with mock.patch.object(trl_grpo, "VLLMGeneration", generation):
+            super().__init__(model, *args, **kwargs)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        """Reload full-model checkpoints through `from_pretrained`.
+
+        `save_pretrained` writes Qwen-VL checkpoints in the original key layout (`visual.*`, `model.layers.*`), but
+        transformers 5.17's `Trainer._load_from_checkpoint` loads them with a plain non-strict `load_state_dict`,
+        which matches no key: every weight stays at its initial value and the run only warns. `from_pretrained`
+        applies the model's key conversion. PEFT adapters, FSDP and DeepSpeed checkpoints keep the stock path.
+        """
+        model = self.model if model is None else model
+        if isinstance(model, PeftModel) or self.is_fsdp_enabled or self.is_deepspeed_enabled:
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)
+        logger.info("loading the model weights of %s with from_pretrained", resume_from_checkpoint)
+        loaded = type(model).from_pretrained(resume_from_checkpoint, dtype=model.dtype)
+        model.load_state_dict(loaded.state_dict(), strict=True)
