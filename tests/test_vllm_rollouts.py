@@ -1,0 +1,43 @@
+"""The parts of the on-policy vLLM override that need no engine: what is synced, and what the engine is told."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import torch
+from peft import LoraConfig, get_peft_model
+
+from samtok_rl.tiny import load_tiny_vlm
+from samtok_rl.vllm_rollouts import engine_kwargs_for, synced_module_prefixes
+
+
+def test_frozen_vision_tower_is_not_resynced():
+    model, _ = load_tiny_vlm("qwen2_5_vl")
+    model.model.visual.requires_grad_(False)
+    prefixes = synced_module_prefixes(model)
+    assert prefixes and not any("visual" in p for p in prefixes)
+    assert "model.language_model.layers.0.self_attn.q_proj" in prefixes
+    assert "lm_head" in prefixes and "model.language_model.embed_tokens" in prefixes
+    # Every trainable parameter's module is kept, nothing else.
+    owners = {n.rsplit(".", 1)[0] for n, p in model.named_parameters() if p.requires_grad}
+    assert prefixes == owners
+
+
+def test_lora_syncs_the_wrapped_layers_under_the_names_trl_sends():
+    model, _ = load_tiny_vlm("qwen2_5_vl")
+    model.requires_grad_(False)
+    peft_model = get_peft_model(model, LoraConfig(r=4, target_modules=r".*language_model.*\.(q_proj|v_proj)"))
+    prefixes = synced_module_prefixes(peft_model)
+    layers = len(model.model.language_model.layers)
+    assert prefixes == {
+        f"model.language_model.layers.{i}.self_attn.{proj}" for i in range(layers) for proj in ("q_proj", "v_proj")
+    }
+
+
+def test_engine_gets_the_trainers_dtype_and_pixel_limits():
+    _, processor = load_tiny_vlm("qwen2_5_vl")
+    processor.image_processor.size["longest_edge"] = 1605632
+    fp32 = SimpleNamespace(dtype=torch.float32)
+    assert engine_kwargs_for(processor, SimpleNamespace(bf16=True, fp16=False), fp32)["dtype"] == "bfloat16"
+    kwargs = engine_kwargs_for(processor, SimpleNamespace(bf16=False, fp16=False), fp32)
+    assert kwargs == {"dtype": "float32", "mm_processor_kwargs": {"min_pixels": 784, "max_pixels": 1605632}}
