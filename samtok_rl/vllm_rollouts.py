@@ -245,9 +245,7 @@ class OnPolicyVLLMGeneration(VLLMGeneration):
         try:
             worker.reload_weights(weights_iterator=tracked(self._iter_named_params()), is_checkpoint_format=True)
         except (AttributeError, KeyError, ValueError, AssertionError, RuntimeError) as err:
-            raise OffPolicyError(
-                f"vLLM refused the weight {current['name']!r} {current['shape']}: {err}"
-            ) from err
+            raise OffPolicyError(f"vLLM refused the weight {current['name']!r} {current['shape']}: {err}") from err
         finally:
             quiet.setLevel(level)
         self._reset_caches()

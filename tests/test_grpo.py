@@ -141,6 +141,74 @@ def test_accelerate_config_loads(config):
     assert loaded.num_machines == 1 and loaded.mixed_precision == "bf16"
 
 
+def launch_env(config: Path) -> dict[str, str]:
+    """The variables `accelerate launch --config_file <config>` sets that tell a sharded launch."""
+    loaded = yaml.safe_load(config.read_text())
+    if loaded["distributed_type"] == "DEEPSPEED":
+        return {"ACCELERATE_DEEPSPEED_ZERO_STAGE": str(loaded["deepspeed_config"]["zero_stage"])}
+    if loaded["distributed_type"] == "FSDP":
+        return {"ACCELERATE_USE_FSDP": "true"}
+    return {}
+
+
+@pytest.mark.parametrize("config", ACCELERATE, ids=lambda p: p.name)
+def test_launch_config_dry_runs_and_refuses_in_run_token_adding(config, datasets_dir, monkeypatch):
+    """Each launch configuration's CPU equivalent of `--dry_run`: the GRES recipe passes; adding mask tokens inside
+    a sharded (ZeRO-3, FSDP) launch is refused with the command to run beforehand."""
+    for key, value in launch_env(config).items():
+        monkeypatch.setenv(key, value)
+    recipe = ROOT / "recipes/gres/qwen2_5_vl_3b_samtok_grpo.yaml"
+    dry = ["--config", str(recipe), "--dry_run", "--dataset", datasets_dir["gres"], "--use_cpu"]
+    assert grpo.main(dry) is None
+    sharded = config.stem in ("zero3", "fsdp2")
+    assert (grpo.sharded_launch(grpo.parse_args(dry)[1]) is not None) == sharded
+    if sharded:
+        with pytest.raises(ValueError, match="run `samtok-rl add-mask-tokens"):
+            grpo.main([*dry, "--add_mask_tokens"])
+    else:
+        assert grpo.main([*dry, "--add_mask_tokens"]) is None
+
+
+def test_fsdp2_reference_model_loads_real_weights_on_every_rank():
+    # With cpu_ram_efficient_loading, ranks other than 0 load zeros and only the policy is broadcast by accelerate;
+    # TRL's FSDP2 preparation of the reference model (beta > 0) does not broadcast it.
+    fsdp = yaml.safe_load((ROOT / "recipes/accelerate/fsdp2.yaml").read_text())["fsdp_config"]
+    assert fsdp["fsdp_cpu_ram_efficient_loading"] is False
+
+
+def test_add_mask_tokens_command(tmp_path):
+    from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
+
+    from samtok_rl import add_tokens
+    from samtok_rl.tiny import _model_config, build_tiny_processor
+    from samtok_rl.tokens import MASK_TOKENS
+
+    processor = build_tiny_processor("qwen2_5_vl")  # a base model: no mask tokens
+    base = Qwen2_5_VLForConditionalGeneration(_model_config("qwen2_5_vl", processor.tokenizer))
+    base.save_pretrained(tmp_path / "base")
+    processor.save_pretrained(tmp_path / "base")
+    rows = base.get_input_embeddings().weight.shape[0]
+    with pytest.raises(ValueError, match="missing from the tokenizer"):
+        grpo.check_mask_tokens(processor)
+
+    out = add_tokens.main(["--model_name_or_path", str(tmp_path / "base"), "--output_dir", str(tmp_path / "mt")])
+    grpo.check_mask_tokens(AutoProcessor.from_pretrained(out))
+    model = AutoModelForImageTextToText.from_pretrained(out)
+    assert model.get_input_embeddings().weight.shape[0] == rows + len(MASK_TOKENS)
+    with pytest.raises(FileExistsError, match="already holds a model"):  # never overwrites a model
+        add_tokens.main(["--model_name_or_path", str(tmp_path / "base"), "--output_dir", str(out)])
+
+
+def test_frozen_vision_count_reads_zero3_sizes():
+    """Under ZeRO-3 every parameter is an empty placeholder carrying its real size as `ds_numel`."""
+    model = AutoModelForImageTextToText.from_pretrained(build_tiny_vlm("qwen2_5_vl"))
+    real = sum(p.numel() for p in model.model.visual.parameters())
+    for p in model.model.visual.parameters():
+        p.ds_numel = p.numel()
+        p.data = torch.empty(0)
+    assert grpo.freeze_vision_tower(model) == real > 0
+
+
 def test_bad_recipes_fail_clearly(datasets_dir):
     def dry(*args):
         return grpo.main(["--use_cpu", "--dry_run", "--dataset", datasets_dir["gres"], *args])

@@ -11,14 +11,13 @@ import re
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+from test_vllm_on_policy import LOGP_TOL
 
 from samtok_rl.prepare import prepare, read_source
-from test_vllm_on_policy import LOGP_TOL
 from samtok_rl.tiny import build_tiny_vlm
 
 
@@ -68,6 +67,7 @@ def test_colocate_grpo_two_steps(tmp_path, gres_dir):
     assert "samtok-rl: 2 steps" in proc.stdout
     # TRL's sampling metrics (fp32 on both sides): vLLM's logprob of each sampled token vs the trainer's.
     gaps = [float(g) for g in re.findall(r"'sampling/sampling_logp_difference/max': '?([0-9.e-]+)", proc.stdout)]
+    print(f"colocated GRPO sampling_logp_difference/max per step: {gaps}")
     assert len(gaps) == 2 and max(gaps) < LOGP_TOL, gaps
     tables = sorted((tmp_path / "completions").glob("*.parquet"))
     assert tables, "log_completions wrote no table"
@@ -153,6 +153,7 @@ def test_server_prefills_the_trainers_prompt_and_logprobs_match(vllm_server):
         for completion, lps in zip(out["completion_ids"], out["logprobs"], strict=True):
             vllm_lp = torch.tensor([lp[0] for lp in lps])
             gaps.append((vllm_lp - trainer_logprobs(policy, batch, completion)).abs().max().item())
+    print(f"server logprob gaps: {gaps}")
     assert max(gaps) < LOGP_TOL, gaps
 
 
