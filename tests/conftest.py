@@ -1,9 +1,47 @@
-"""Shared test setup: offline, CPU only, quiet tokenizers."""
+"""Shared test setup: offline, CPU only, quiet tokenizers; the golden data and the fixtures several files use."""
 
 import os
+from pathlib import Path
+
+import pytest
 
 
 # Nothing may reach the hub: every model in the tests is built from config on the fly.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+
+# Reference outputs of the original SAMTok mask tokenizer on a micro architecture ("golden A"): $SAMTOK_GOLDEN_DIR
+# (the golden root or the A folder itself), else ../shared/golden beside the repository.
+GOLDEN_ENV = "SAMTOK_GOLDEN_DIR"
+
+
+def golden_a_dir() -> Path:
+    root = Path(os.environ.get(GOLDEN_ENV) or Path(__file__).resolve().parents[2] / "shared" / "golden")
+    return root if (root / "state_dict.safetensors").is_file() else root / "vq_sam2_micro_a"
+
+
+@pytest.fixture(scope="session")
+def golden_a() -> Path:
+    """The golden A folder (skips the test with the place it looked when absent)."""
+    path = golden_a_dir()
+    if not (path / "state_dict.safetensors").is_file():
+        pytest.skip(f"golden data not found at {path} (set {GOLDEN_ENV} to the folder holding vq_sam2_micro_a)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def golden_mask_tokenizer(golden_a):
+    """The micro mask tokenizer with golden A's weights (the original code's), shared so its feature cache is."""
+    from samtok_rl.mask_tokenizer import MaskTokenizer
+
+    return MaskTokenizer.from_files(golden_a / "sam2_micro.yaml", golden_a / "state_dict.safetensors", device="cpu")
+
+
+@pytest.fixture
+def no_java(monkeypatch):
+    """Take gcg_metrics' documented no-Java path (METEOR None, CIDEr with the simple tokenizer) instead of starting
+    the JVMs (~30 s on a loaded 2-core machine), in tests about everything but the caption metrics."""
+    from samtok_rl.metrics import gcg as gcg_module
+
+    monkeypatch.setattr(gcg_module, "java_available", lambda: False)

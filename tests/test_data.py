@@ -22,7 +22,6 @@ from samtok_rl.prompts import R1_SUFFIX, parse_gcg
 from samtok_rl.tokens import parse_masks
 
 
-GOLDEN = Path("/work/shared/golden/vq_sam2_micro_a")
 P = sample_paths()
 
 
@@ -282,12 +281,8 @@ def test_solutions_format():
 
 
 @pytest.fixture(scope="module")
-def micro_tokenizer():
-    if not (GOLDEN / "state_dict.safetensors").is_file():
-        pytest.skip(f"golden micro tokenizer not found at {GOLDEN}")
-    from samtok_rl.mask_tokenizer import MaskTokenizer
-
-    return MaskTokenizer.from_files(GOLDEN / "sam2_micro.yaml", GOLDEN / "state_dict.safetensors", device="cpu")
+def micro_tokenizer(golden_mask_tokenizer):
+    return golden_mask_tokenizer
 
 
 def test_prepare_gres_resumable(micro_tokenizer, tmp_path):
@@ -337,7 +332,7 @@ def test_prepare_gres_resumable(micro_tokenizer, tmp_path):
         prepare(source, "gres", tmp_path, load, shard_size=3, think=False, progress=False)
 
 
-def test_prepare_gcg_cli(micro_tokenizer, tmp_path, monkeypatch):
+def test_prepare_gcg_cli(micro_tokenizer, golden_a, tmp_path, monkeypatch):
     from samtok_rl import cli
     from samtok_rl.mask_tokenizer import MaskTokenizer
 
@@ -345,7 +340,7 @@ def test_prepare_gcg_cli(micro_tokenizer, tmp_path, monkeypatch):
     monkeypatch.setattr(MaskTokenizer, "from_files", classmethod(lambda cls, *a, **k: micro_tokenizer))
     out = tmp_path / "gcg"
     argv = ["prepare", "--task", "gcg", "--sample", "--num-images", "1", "--seed", "42", "--output", str(out)]
-    argv += ["--sam2-config", str(GOLDEN / "sam2_micro.yaml"), "--checkpoint", str(GOLDEN / "state_dict.safetensors")]
+    argv += ["--sam2-config", str(golden_a / "sam2_micro.yaml"), "--checkpoint", str(golden_a / "state_dict.safetensors")]
     assert cli.main([*argv, "--no-progress", "--device", "cpu"]) == 0
     ds = load_prepared(out)
     assert len(ds) == 1

@@ -2,12 +2,11 @@
 and the parse -> decode -> metrics path checked against a direct computation with hand-written predictions."""
 
 import json
-import os
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import golden_a_dir
 from PIL import Image
 
 from samtok_rl import evaluate as ev
@@ -18,7 +17,7 @@ from samtok_rl.prompts import OBJ_REF_END, OBJ_REF_START, gcg_caption
 from samtok_rl.tokens import format_mask
 
 
-GOLDEN = Path(os.environ.get("SAMTOK_RL_GOLDEN", "/work/shared/golden/vq_sam2_micro_a"))
+GOLDEN = golden_a_dir()
 GOLDEN_FILES = (GOLDEN / "sam2_micro.yaml", GOLDEN / "state_dict.safetensors")
 
 
@@ -37,15 +36,6 @@ def mask_tokenizer():
     if all(p.is_file() for p in GOLDEN_FILES):
         return MaskTokenizer.from_files(*GOLDEN_FILES, drop_memory_modules=True)
     return build_micro_mask_tokenizer(seed=0)
-
-
-@pytest.fixture
-def no_java(monkeypatch):
-    """Hide `java` so GCG caption metrics take gcg_metrics' documented pure-Python path (METEOR None, CIDEr with
-    the simple tokenizer) instead of starting two JVMs (~30 s on a loaded 2-core machine)."""
-    dirs = [d for d in os.environ.get("PATH", "").split(os.pathsep) if d and not Path(d, "java").exists()]
-    monkeypatch.setenv("PATH", os.pathsep.join(dirs))
-    assert shutil.which("java") is None
 
 
 @pytest.fixture(scope="module")

@@ -1,9 +1,7 @@
 """Tests of the SAMTok mask tokenizer: golden equivalence, checkpoint layout, batching and input handling."""
 
-import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,15 +16,6 @@ from samtok_rl.mask_tokenizer import (
 )
 
 
-def _golden_a() -> Path:
-    """Golden A folder: ../shared/golden beside the repo, or SAMTOK_GOLDEN_DIR (the golden root or the A folder)."""
-    root = Path(os.environ.get("SAMTOK_GOLDEN_DIR", Path(__file__).resolve().parents[2] / "shared" / "golden"))
-    return root if (root / "state_dict.safetensors").is_file() else root / "vq_sam2_micro_a"
-
-
-GOLDEN_A = _golden_a()
-
-
 def _max_abs(a, b) -> float:
     return float(np.abs(np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)).max())
 
@@ -37,16 +26,12 @@ def _max_abs(a, b) -> float:
 
 
 @pytest.fixture(scope="module")
-def golden():
-    if not (GOLDEN_A / "state_dict.safetensors").is_file():
-        pytest.skip(
-            f"golden data not found at {GOLDEN_A} (set SAMTOK_GOLDEN_DIR to the folder holding vq_sam2_micro_a)"
-        )
-    inputs = dict(np.load(GOLDEN_A / "inputs.npz"))
-    expected = dict(np.load(GOLDEN_A / "expected.npz"))
-    intermediates = dict(np.load(GOLDEN_A / "intermediates.npz"))
-    resized = np.load(GOLDEN_A / "resized.npz")["resized"]
-    tok = MaskTokenizer.from_files("sam2_micro.yaml", GOLDEN_A / "state_dict.safetensors")
+def golden(golden_a):
+    inputs = dict(np.load(golden_a / "inputs.npz"))
+    expected = dict(np.load(golden_a / "expected.npz"))
+    intermediates = dict(np.load(golden_a / "intermediates.npz"))
+    resized = np.load(golden_a / "resized.npz")["resized"]
+    tok = MaskTokenizer.from_files("sam2_micro.yaml", golden_a / "state_dict.safetensors")
     sam2 = tok.model.sam2_model
 
     # Read-only hooks on the upstream modules capture each stage, like the hooks that made intermediates.npz.

@@ -23,7 +23,6 @@ from samtok_rl.metrics import (
     java_available,
     union_masks,
 )
-from samtok_rl.metrics import gcg as gcg_module
 
 
 SHAPE = (10, 10)
@@ -42,12 +41,6 @@ EMPTY = np.zeros(SHAPE, dtype=bool)
 def exact_text(labels, phrases):
     """Text similarity stub: 1 for identical strings, else 0 (stands in for BERT)."""
     return np.array([[float(a == b) for b in phrases] for a in labels])
-
-
-@pytest.fixture
-def no_java(monkeypatch):
-    """Skip the JVMs (PTBTokenizer, METEOR ~12 s) in tests about the mask metrics; CIDEr uses the fallback."""
-    monkeypatch.setattr(gcg_module, "java_available", lambda: False)
 
 
 def pred(phrases, masks, caption="a caption"):

@@ -443,9 +443,6 @@ def test_bind_tokenizer_from_folder(tmp_path, processor):
 # Pixel IoU on the golden micro mask tokenizer
 # ---------------------------------------------------------------------------------------------------------------------
 
-GOLDEN = Path("/work/shared/golden/vq_sam2_micro_a")
-
-
 def _rle(mask: np.ndarray) -> dict:
     from pycocotools import mask as mask_utils
 
@@ -453,8 +450,8 @@ def _rle(mask: np.ndarray) -> dict:
     return {"size": list(rle["size"]), "counts": rle["counts"].decode()}
 
 
-@pytest.mark.skipif(not GOLDEN.is_dir(), reason="golden micro mask tokenizer not available")
-def test_mask_iou_reward_on_micro_tokenizer(tmp_path):
+def test_mask_iou_reward_on_micro_tokenizer(tmp_path, golden_a):
+    GOLDEN = golden_a  # noqa: N806
     from PIL import Image
 
     reward = rewards.get_mask_iou_reward(
