@@ -14,8 +14,9 @@ import time
 
 from transformers import AutoProcessor
 
+from samtok_rl.parsing import parse_mask_ids, parse_masks
 from samtok_rl.tiny import build_tiny_vlm
-from samtok_rl.tokens import MaskTokenIds, format_mask, parse_mask_ids, parse_masks
+from samtok_rl.tokens import MaskTokenIds, format_mask
 
 
 # --- the seed README's approach, verbatim in behaviour ------------------------------------------------------------

@@ -22,13 +22,12 @@ from pathlib import Path
 # Run as a script, this file's folder is sys.path[0] and this file would shadow the `rewards` package.
 sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
-from rewards import PRESETS, resolve  # noqa: E402
-from rewards._text import clear_caches  # noqa: E402
+from rewards import PRESETS, clear_caches, resolve  # noqa: E402
 from samtok_rl.tokens import format_mask  # noqa: E402
 
 
 # ------------------------------------------------------------------------------------------------------------------
-# The straightforward implementation: the reference rules (rewards.md §1-3), one regex pass per rule per completion.
+# The straightforward implementation: the reference rules (format, graded set match, non-repeat), one regex pass per rule per completion.
 # ------------------------------------------------------------------------------------------------------------------
 
 SPAN = r"<\|mt_start\|><\|mt_\d{4}\|><\|mt_\d{4}\|><\|mt_end\|>"

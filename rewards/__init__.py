@@ -21,15 +21,11 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from rewards import _text, gres
 from rewards._bind import TokenizerBoundReward
+from rewards.format import RepetitionReward, format_reward, get_repetition_reward
 from rewards.gcg import gcg_grounded_reward, gcg_mask_reward, gcg_phrase_reward
-from rewards.gres import (
-    RepetitionReward,
-    format_reward,
-    get_repetition_reward,
-    gres_mask_reward,
-    gres_mask_reward_hungarian,
-)
+from rewards.gres import gres_mask_reward, gres_mask_reward_hungarian
 from rewards.iou import MaskIoUReward, get_mask_iou_reward
 
 
@@ -40,19 +36,22 @@ __all__ = [
     "RepetitionReward",
     "TokenizerBoundReward",
     "bind_tokenizer",
+    "clear_caches",
     "format_reward",
     "gcg_grounded_reward",
     "gcg_mask_reward",
     "gcg_phrase_reward",
     "get_mask_iou_reward",
     "get_repetition_reward",
+    "get_reward_funcs",
     "gres_mask_reward",
     "gres_mask_reward_hungarian",
     "resolve",
 ]
 
-# The only registry: name -> reward, keys equal to `__name__`. `mask_iou_reward` is unconfigured here (it raises on
-# first use); the entry point builds it with `get_mask_iou_reward(mask_tokenizer=...)` from the recipe.
+# The only registry: name -> reward, keys equal to `__name__`. The rewards that need settings are here with their
+# defaults (`mask_iou_reward` without a mask tokenizer raises on first use): `get_reward_funcs` configures them from
+# the recipe.
 REWARDS: dict[str, Callable] = {
     f.__name__: f
     for f in (
@@ -138,3 +137,42 @@ def bind_tokenizer(reward: Callable, tokenizer) -> TokenizerBoundReward:
     if isinstance(reward, TokenizerBoundReward):
         reward = reward.reward
     return TokenizerBoundReward(reward, tokenizer)
+
+
+def get_reward_funcs(specs: list[str], mask_tokenizer=None, repetition_limit: int = 3) -> list[Callable]:
+    """Resolve a recipe's reward specs and give the rewards that need them the recipe's settings.
+
+    As open-r1's `get_reward_funcs(script_args)`: `mask_iou_reward` decodes with the recipe's `mask_tokenizer`
+    (anything `samtok_rl.mask_tokenizer.build_mask_tokenizer` takes: `micro`, a folder, a Hub id, or a loaded
+    tokenizer), and every repetition reward uses `repetition_limit`. Other rewards, user rewards included, are used
+    as they resolve.
+
+    Raises:
+        `ValueError`: a spec does not resolve, or `mask_iou_reward` is asked for without a mask tokenizer.
+
+    Example:
+    >>> [f.__name__ for f in get_reward_funcs(PRESETS["gres"], repetition_limit=5)][2:]
+    ['repetition_think_reward', 'repetition_answer_reward']
+    >>> get_reward_funcs(["repetition_reward"], repetition_limit=5)[0].limit
+    5
+    """
+    funcs = []
+    for spec in specs:
+        try:
+            func = resolve(spec)
+        except (ValueError, ImportError, AttributeError, FileNotFoundError) as err:
+            raise ValueError(f"reward {spec!r} does not resolve: {err}") from err
+        if isinstance(func, RepetitionReward):
+            func = get_repetition_reward(limit=repetition_limit, part=func.part)
+        elif isinstance(func, MaskIoUReward) and not func.configured:
+            if mask_tokenizer is None:
+                raise ValueError(f"reward {spec!r} decodes masks: set `mask_tokenizer` in the recipe")
+            func = get_mask_iou_reward(mask_tokenizer)
+        funcs.append(func)
+    return funcs
+
+
+def clear_caches() -> None:
+    """Forget every memoised parse of the textual rewards (benchmarks call it between timed runs)."""
+    for cache in (*_text.CACHES, gres.target):
+        cache.cache_clear()

@@ -5,7 +5,10 @@ from __future__ import annotations
 import operator
 from pathlib import Path
 
-from samtok_rl.prompts import OBJ_REF_END, OBJ_REF_START
+from transformers import AutoTokenizer, ProcessorMixin
+from trl.trainer.utils import get_callable_name
+
+from samtok_rl.parsing import OBJ_REF_END, OBJ_REF_START
 
 
 # Special tokens that carry grounding and must survive decoding; every other special token (EOS, padding, chat and
@@ -51,12 +54,8 @@ class TokenizerBoundReward:
     """
 
     def __init__(self, reward, tokenizer) -> None:
-        from trl.trainer.utils import get_callable_name
-
         self.reward = reward
         self.__name__ = get_callable_name(reward)
-        from transformers import ProcessorMixin
-
         # Keep the text tokenizer only: it pickles, and processors carry image processors the rewards never use.
         self.tokenizer = tokenizer.tokenizer if isinstance(tokenizer, ProcessorMixin) else tokenizer
         self._decoder: IdDecoder | None = None
@@ -80,8 +79,6 @@ class TokenizerBoundReward:
         if self._decoder is None:
             tokenizer = self.tokenizer
             if isinstance(tokenizer, (str, Path)):
-                from transformers import AutoTokenizer
-
                 tokenizer = AutoTokenizer.from_pretrained(tokenizer)
             self._decoder = IdDecoder(tokenizer)
         texts = self._decoder(completion_ids)

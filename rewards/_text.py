@@ -1,28 +1,20 @@
 """What every textual reward shares: the completion's text, its think/answer parts and span lists, parsed once.
 
-TRL calls each reward function separately on the same completions, so the parses are memoised per string
-(`functools.lru_cache`): the GRES preset (format + mask + two repetition terms) splits and scans each completion once,
-not four times. The caches are sized for one generation batch per process and hold only strings and tuples.
+The parsing itself is `samtok_rl.parsing` (the same functions the evaluation reads outputs with). TRL calls each
+reward function separately on the same completions, so the parses are memoised per string (`functools.lru_cache`):
+the GRES preset (format + mask + two repetition terms) splits and scans each completion once, not four times. The
+caches are sized for one generation batch per process and hold only strings and tuples.
 """
 
 from __future__ import annotations
 
-import re
 from functools import lru_cache
 
-from samtok_rl.prompts import OBJ_REF_END, OBJ_REF_START, split_think_answer
-from samtok_rl.tokens import find_spans
+from samtok_rl.parsing import find_span_codes, gcg_pairs, split_think_answer
 
 
 # One generation batch per process (TRL's default GRES setting is 4096 completions) plus slack.
 _CACHE_SIZE = 8192
-
-# A well-formed span is 44 characters: `<|mt_start|>` (12) + two 11-character code tokens + `<|mt_end|>` (10).
-# Its first 23 characters are the start token and the coarse code: the reference's "all tokens but the last two".
-COARSE_PREFIX = 23
-
-# Any mask-token fragment, for the no-target rule: the start or end token, or any 4-digit code token.
-_FRAGMENT_RE = re.compile(r"<\|mt_(?:start|end|\d{4})\|>")
 
 
 def completion_text(completion) -> str | None:
@@ -71,52 +63,22 @@ def applies(task, i: int, name: str) -> bool:
 
 @lru_cache(maxsize=_CACHE_SIZE)
 def split(text: str) -> tuple[str | None, str | None]:
-    """Memoised `samtok_rl.prompts.split_think_answer` (the reference's robust think/answer extraction)."""
+    """Memoised `samtok_rl.parsing.split_think_answer` (the reference's robust think/answer extraction)."""
     return split_think_answer(text)
 
 
 @lru_cache(maxsize=3 * _CACHE_SIZE)
-def spans(text: str) -> tuple[str, ...]:
-    """Memoised `samtok_rl.tokens.find_spans`: the well-formed span strings of `text`, in order, duplicates kept."""
+def spans(text: str) -> tuple[tuple[str, str], ...]:
+    """Memoised `samtok_rl.parsing.find_span_codes`: the code pairs of the well-formed spans, duplicates kept."""
     if "<|mt_" not in text:  # most think parts and every "No target." answer: skip the regex entirely
         return ()
-    return tuple(find_spans(text))
-
-
-def has_fragment(text: str) -> bool:
-    """Whether `text` holds any mask-token fragment (`<|mt_start|>`, `<|mt_end|>` or a 4-digit code token)."""
-    return "<|mt_" in text and _FRAGMENT_RE.search(text) is not None
-
-
-# GCG pairs, reference grammar: phrase (lazy, no newline), optional whitespace, `<|object_ref_end|>`, optional
-# whitespace, then a span whose two code tokens may have any digit count.
-_PAIR_RE = re.compile(
-    re.escape(OBJ_REF_START)
-    + r"(.*?)\s*"
-    + re.escape(OBJ_REF_END)
-    + r"\s*<\|mt_start\|><\|mt_(\d+)\|><\|mt_(\d+)\|><\|mt_end\|>"
-)
+    return tuple(find_span_codes(text))
 
 
 @lru_cache(maxsize=_CACHE_SIZE)
-def gcg_pairs(text: str) -> tuple[tuple[str, tuple[str, str]], ...]:
-    """The GCG (phrase key, codes) pairs of `text`, in order, duplicates kept.
-
-    The phrase key is lower-cased with whitespace runs collapsed (`""` for an empty phrase); the codes are the two
-    digit strings of the span, compared as strings (as the reference compares `<|object_ref_end|>` + span keys).
-
-    Example:
-    >>> gcg_pairs("A <|object_ref_start|> White  Pumpkin <|object_ref_end|> <|mt_start|><|mt_0001|><|mt_0258|><|mt_end|>")
-    (('white pumpkin', ('0001', '0258')),)
-    """
-    if OBJ_REF_START not in text:
-        return ()
-    return tuple((" ".join(p.split()).lower(), (c0, c1)) for p, c0, c1 in _PAIR_RE.findall(text))
+def pairs(text: str) -> tuple[tuple[str, tuple[str, str]], ...]:
+    """Memoised `samtok_rl.parsing.gcg_pairs`: the GCG (phrase key, code pair) pairs, duplicates kept."""
+    return tuple(gcg_pairs(text))
 
 
-def clear_caches() -> None:
-    """Forget every memoised parse (benchmarks call it between timed runs)."""
-    from rewards.gres import _target
-
-    for fn in (split, spans, gcg_pairs, _target):
-        fn.cache_clear()
+CACHES = (split, spans, pairs)

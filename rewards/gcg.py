@@ -1,7 +1,7 @@
 """GCG rewards: the reference mask and phrase rules, and a grounded variant that binds each mask to its phrase.
 
-A GCG pair is `<|object_ref_start|> phrase <|object_ref_end|>` followed by a span (the reference grammar: lazy
-phrase without newlines, optional whitespace, span codes of any digit count); phrases without a span are ignored.
+A GCG pair is `<|object_ref_start|> phrase <|object_ref_end|>` followed by a span (`samtok_rl.parsing.gcg_pairs`:
+the reference grammar, in linear time); phrases without a span are ignored. Masks are graded by `rewards.matching`.
 All three rewards read the full response, as the reference does (no think/answer split).
 
 TRL's completion text has lost the `<|object_ref_*|>` markers (they are special tokens): bind the tokenizer with
@@ -12,32 +12,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from rewards._text import applies, completion_texts, gcg_pairs
+from rewards._text import applies, completion_texts, pairs
+from rewards.matching import grade, graded_set_score
 
 
-__all__ = ["gcg_grounded_reward", "gcg_mask_reward", "gcg_phrase_reward", "graded_code_score"]
-
-
-def graded_code_score(pred: list[tuple[str, str]], gt: list[tuple[str, str]]) -> float:
-    """The reference graded, unique, max-normalised set rule on code pairs (as digit strings); both empty = 1.0.
-
-    Example:
-    >>> graded_code_score([("0123", "0301"), ("0123", "0301")], [("0123", "0302")])  # 0.4 once, over 2
-    0.2
-    """
-    if not pred:
-        return 0.0 if gt else 1.0
-    if not gt:
-        return 0.0
-    exact = set(gt)
-    coarse = {c0 for c0, _ in gt}
-    n_exact = n_coarse = 0
-    for p in set(pred):
-        if p in exact:
-            n_exact += 1
-        elif p[0] in coarse:
-            n_coarse += 1
-    return (n_exact + 0.4 * n_coarse) / max(len(pred), len(gt))
+__all__ = ["gcg_grounded_reward", "gcg_mask_reward", "gcg_phrase_reward"]
 
 
 def _phrase_score(pred: list[str], gt: list[str]) -> float:
@@ -58,7 +37,7 @@ def _grounded_score(pred: tuple, gt: tuple) -> float:
     for phrase, codes in set(pred):
         targets = by_phrase.get(phrase)
         if targets:
-            credit += 1.0 if codes in targets else 0.4 if any(codes[0] == t[0] for t in targets) else 0.0
+            credit += grade(codes, targets)
     return credit / max(len(pred), len(gt))
 
 
@@ -71,12 +50,12 @@ def _gcg_scores(texts, solution, task, score: Callable[[tuple, tuple], float]) -
         elif text is None:
             rewards.append(0.0)  # a missing response scores 0 in every GCG rule
         else:
-            rewards.append(score(gcg_pairs(text), gcg_pairs(gt)))
+            rewards.append(score(pairs(text), pairs(gt)))
     return rewards
 
 
 def _mask_score(pred: tuple, gt: tuple) -> float:
-    return graded_code_score([codes for _, codes in pred], [codes for _, codes in gt])
+    return graded_set_score([codes for _, codes in pred], [codes for _, codes in gt])
 
 
 def _pairs_phrase_score(pred: tuple, gt: tuple) -> float:
@@ -164,10 +143,10 @@ def _log_gcg_monitors(log_metric, texts, solution, task) -> None:
         if not applies(task, i, "gcg") or not isinstance(gt, str):
             continue
         n += 1
-        pred = [codes for _, codes in gcg_pairs(text or "")]
+        pred = [codes for _, codes in pairs(text or "")]
         n_pred += len(pred)
         n_dup += len(pred) - len(set(pred))
-        n_gt += len(gcg_pairs(gt))
+        n_gt += len(pairs(gt))
     if n == 0:
         return
     log_metric("gcg/pred_pairs", n_pred / n)

@@ -8,24 +8,13 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 from rewards._text import completion_texts, split
-from samtok_rl.data import decode_rle
+from samtok_rl.files import open_rgb
+from samtok_rl.mask_tokenizer import build_mask_tokenizer, check_mask_tokenizer_source
+from samtok_rl.masks import decode_rles
+from samtok_rl.parsing import parse_masks
 
 
-__all__ = ["MaskIoUReward", "decode_rles", "get_mask_iou_reward", "matched_iou_score"]
-
-
-def decode_rles(rles: list[dict]) -> np.ndarray:
-    """JSON COCO RLEs (one image's GT masks) -> `(K, H, W)` bool; `[]` gives `(0, 0, 0)`.
-
-    Example:
-    >>> from samtok_rl.data import rle_from_mask
-    >>> m = np.zeros((4, 5), dtype=bool); m[1:3, 2:4] = True
-    >>> decode_rles([rle_from_mask(m)]).shape, int(decode_rles([rle_from_mask(m)]).sum())
-    ((1, 4, 5), 4)
-    """
-    if not rles:
-        return np.zeros((0, 0, 0), dtype=bool)
-    return np.stack([decode_rle(r) for r in rles])  # (K, H, W)
+__all__ = ["MaskIoUReward", "get_mask_iou_reward", "matched_iou_score"]
 
 
 def matched_iou_score(pred: np.ndarray, gt: np.ndarray) -> float:
@@ -70,19 +59,17 @@ class MaskIoUReward:
 
     Args:
         mask_tokenizer (`str`, `Path` or `MaskTokenizer`, *optional*):
-            a SAMTok folder / checkpoint / Hub id for `MaskTokenizer.from_pretrained`, or a loaded tokenizer.
+            `micro`, a SAMTok folder / checkpoint / Hub id, or a loaded tokenizer (see `build_mask_tokenizer`).
         sam2_config (`str` or `Path`, *optional*): with `checkpoint`, load with `MaskTokenizer.from_files`.
         checkpoint (`str` or `Path`, *optional*): see `sam2_config`.
-        device (`str`, *optional*): defaults to the current CUDA device when there is one, else CPU.
+        device (`str`, *optional*): defaults to this process's CUDA device when there is one, else CPU.
     """
 
     __name__ = "mask_iou_reward"
 
     def __init__(self, mask_tokenizer=None, sam2_config=None, checkpoint=None, device=None) -> None:
-        if (sam2_config is None) != (checkpoint is None):
-            raise ValueError("sam2_config and checkpoint go together")
-        if mask_tokenizer is not None and checkpoint is not None:
-            raise ValueError("pass either mask_tokenizer or sam2_config + checkpoint, not both")
+        if mask_tokenizer is not None or checkpoint is not None or sam2_config is not None:
+            check_mask_tokenizer_source(mask_tokenizer, sam2_config, checkpoint)  # fails here, not at the first step
         self.mask_tokenizer = mask_tokenizer
         self.sam2_config = sam2_config
         self.checkpoint = checkpoint
@@ -92,35 +79,27 @@ class MaskIoUReward:
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_loaded": None}
 
+    @property
+    def configured(self) -> bool:
+        """Whether a mask tokenizer is named (`REWARDS["mask_iou_reward"]` is not; `rewards.get_reward_funcs` names it)."""
+        return self.mask_tokenizer is not None or self.checkpoint is not None
+
     def tokenizer(self):
-        """The mask tokenizer, loaded on first use."""
+        """The mask tokenizer, built on first use on this process's device (`build_mask_tokenizer`)."""
         if self._loaded is None:
-            import torch
-
-            from samtok_rl.mask_tokenizer import MaskTokenizer
-
-            if isinstance(self.mask_tokenizer, MaskTokenizer):
-                self._loaded = self.mask_tokenizer
-            elif self.mask_tokenizer is None and self.checkpoint is None:
+            if not self.configured:
                 raise ValueError(
-                    "mask_iou_reward needs a mask tokenizer: use "
-                    "rewards.get_mask_iou_reward(mask_tokenizer=<folder, checkpoint or hub id>) "
-                    "or get_mask_iou_reward(sam2_config=..., checkpoint=...)"
+                    "mask_iou_reward needs a mask tokenizer: set `mask_tokenizer` in the recipe, or build it with "
+                    "rewards.get_mask_iou_reward(<micro, folder, checkpoint or hub id>)"
                 )
-            else:
-                # Under accelerate each process has set its own current CUDA device.
-                device = self.device or (f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cpu")
-                if self.checkpoint is not None:
-                    self._loaded = MaskTokenizer.from_files(self.sam2_config, self.checkpoint, device=device)
-                else:
-                    self._loaded = MaskTokenizer.from_pretrained(self.mask_tokenizer, device=device)
+            self._loaded = build_mask_tokenizer(
+                self.mask_tokenizer, self.sam2_config, self.checkpoint, device=self.device
+            )
         return self._loaded
 
     def __call__(
         self, prompts, completions, completion_ids=None, gt_masks=None, image=None, images=None, **kwargs
     ) -> list[float | None]:
-        from samtok_rl.tokens import parse_masks
-
         texts = completion_texts(completions, completion_ids)
         rewards: list[float | None] = [None] * len(texts)
         if gt_masks is None:
@@ -157,10 +136,7 @@ class MaskIoUReward:
         if not isinstance(img, (str, Path)):
             return img
         if str(img) not in cache:
-            from PIL import Image
-
-            with Image.open(img) as opened:
-                cache[str(img)] = opened.convert("RGB")
+            cache[str(img)] = open_rgb(img)
         return cache[str(img)]
 
     def __repr__(self) -> str:

@@ -16,8 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from transformers import AutoModelForImageTextToText, AutoProcessor
-from trl import TrlParser
 
+from samtok_rl.cli import config_parser
+from samtok_rl.logs import setup_logging
 from samtok_rl.tokens import MASK_TOKENS, add_mask_tokens
 
 
@@ -57,10 +58,11 @@ def add_mask_tokens_to_model(args: AddMaskTokensArguments) -> Path:
 
 
 def main(argv: Sequence[str] | None = None) -> Path:
-    (args,) = TrlParser((AddMaskTokensArguments,), prog="samtok-rl add-mask-tokens").parse_args_and_config(
-        args=None if argv is None else list(argv)
+    parser = config_parser(
+        [AddMaskTokensArguments], prog="samtok-rl add-mask-tokens", description=__doc__.split("\n\n")[0]
     )
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    (args,) = parser.parse_args_and_config(args=None if argv is None else list(argv))
+    setup_logging()
     return add_mask_tokens_to_model(args)
 
 

@@ -7,9 +7,12 @@ breaks the subcommand that needs it).
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import sys
 from collections.abc import Sequence
+
+from trl import TrlParser
 
 
 # subcommand -> (module, one-line help)
@@ -21,8 +24,38 @@ SUBCOMMANDS = {
 }
 
 
+def config_parser(dataclass_types, prog: str, description: str | None = None) -> TrlParser:
+    """A `TrlParser` over `dataclass_types` whose `--help` starts with `--config` (every command reads a YAML file).
+
+    TRL's parser takes `--config FILE.yaml` out of the arguments itself (the file's keys are field names and set the
+    defaults; flags override them) but never shows it: it is declared here for the help text only.
+
+    Example:
+    >>> from dataclasses import dataclass
+    >>> @dataclass
+    ... class Args:
+    ...     steps: int = 2
+    >>> config_parser([Args], prog="samtok-rl demo").format_help().splitlines()[0]
+    'usage: samtok-rl demo [--config FILE.yaml] [--field value ...]'
+    """
+    parser = TrlParser(
+        dataclass_types, prog=prog, description=description, usage=f"{prog} [--config FILE.yaml] [--field value ...]"
+    )
+    action = parser.add_argument(
+        "--config",
+        metavar="FILE.yaml",
+        default=argparse.SUPPRESS,  # never parsed here (TrlParser consumes it), so no extra namespace comes back
+        help="YAML file whose keys are the fields below (flags given after it override it)",
+    )
+    # Listed first, right after -h: a command's recipe is the first thing to look for.
+    options = parser._optionals._group_actions
+    options.remove(action)
+    options.insert(1, action)
+    return parser
+
+
 def _usage() -> str:
-    lines = ["usage: samtok-rl {prepare,train,eval,add-mask-tokens} [args...]", "", "subcommands:"]
+    lines = ["usage: samtok-rl {prepare,train,eval,add-mask-tokens} [--config FILE.yaml] [args...]", "", "subcommands:"]
     lines += [f"  {name:<16} {text}" for name, (_, text) in SUBCOMMANDS.items()]
     lines += ["", "Run `samtok-rl <subcommand> --help` for its options."]
     return "\n".join(lines)

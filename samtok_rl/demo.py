@@ -13,14 +13,20 @@ and nothing learns).
 
 from __future__ import annotations
 
-import argparse
-import logging
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from samtok_rl import grpo
+from trl import GRPOConfig, ModelConfig
+
+from samtok_rl import grpo, loading
+from samtok_rl.cli import config_parser
+from samtok_rl.configs import SamtokScriptArguments
+from samtok_rl.logs import setup_logging
+from samtok_rl.tiny import resolve_model_path
+from samtok_rl.warmstart import warm_start, warm_start_dir
 
 
 DEMO_RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "demo.yaml"
@@ -36,20 +42,25 @@ WARM_START_BATCH = 8
 _SIGNALS = ("reward", "reward_std", "frac_reward_zero_std", "loss", "grad_norm", "gres/pred_masks")
 
 
-def make_demo_parser() -> argparse.ArgumentParser:
-    """The demo's own flags; everything else goes to the GRPO recipe parser."""
-    parser = argparse.ArgumentParser(add_help=False)
-    parser.add_argument("--warm_start_steps", type=int, default=WARM_START_STEPS)
-    parser.add_argument("--warm_start_learning_rate", type=float, default=WARM_START_LR)
-    return parser
+@dataclass
+class DemoArguments:
+    """The demo's own fields (the rest of the command line is the GRPO recipe's)."""
+
+    warm_start_steps: int = field(
+        default=WARM_START_STEPS, metadata={"help": "SFT steps before GRPO (0: GRPO from the random model)."}
+    )
+    warm_start_learning_rate: float = field(default=WARM_START_LR, metadata={"help": "Peak SFT learning rate."})
+
+
+def make_demo_parser():
+    """The demo's parser: [`DemoArguments`] plus every training-recipe field, `recipes/demo.yaml` as the defaults."""
+    return config_parser([DemoArguments, SamtokScriptArguments, GRPOConfig, ModelConfig], prog="samtok-rl demo")
 
 
 def warm_start_model(script_args, training_args, model_args, steps: int, learning_rate: float) -> Path:
     """Warm-start the recipe's model on the recipe's dataset (cached by `warmstart.warm_start_dir`)."""
-    from samtok_rl.warmstart import warm_start, warm_start_dir
-
-    base = grpo.resolve_model_path(model_args.model_name_or_path)
-    dataset = grpo.load_dataset(script_args, training_args)
+    base = resolve_model_path(model_args.model_name_or_path)
+    dataset = loading.load_dataset(script_args, training_args)
     out = warm_start_dir(base, dataset, steps, learning_rate, WARM_START_BATCH, seed=training_args.seed)
     return warm_start(
         base, dataset, out, steps=steps, learning_rate=learning_rate, batch_size=WARM_START_BATCH,
@@ -101,9 +112,10 @@ def main(argv: Sequence[str] | None = None):
     if not DEMO_RECIPE.is_file():
         raise SystemExit(f"{DEMO_RECIPE} not found: run the demo from a samtok-rl source checkout")
     argv = list(sys.argv[1:] if argv is None else argv)
-    demo_args, argv = make_demo_parser().parse_known_args(argv)
-    script_args, training_args, model_args = grpo.parse_args(["--config", str(DEMO_RECIPE), *argv])
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    demo_args, script_args, training_args, model_args = make_demo_parser().parse_args_and_config(
+        ["--config", str(DEMO_RECIPE), *argv]
+    )
+    setup_logging()
     warm = None
     if demo_args.warm_start_steps > 0:
         warm = warm_start_model(

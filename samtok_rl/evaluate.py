@@ -1,6 +1,6 @@
 """`samtok-rl eval`: GRES (gRefCOCO) and GCG (GranD-f) evaluation of a SAMTok VLM, as the SAMTok paper reports it.
 
-The runner follows SAMTok's eval protocol (`shared/reference/metrics.md` §6): greedy decoding of the task prompt
+The runner follows SAMTok's eval protocol (its `evaluation/` scripts): greedy decoding of the task prompt
 (the R1 think/answer suffix with `--think`), text decoded with `skip_special_tokens=False`, mask spans parsed from the
 answer part with the codec's repair rules, masks decoded with the SAMTok mask tokenizer at the original image size,
 then ReLA's GRES accounting (gIoU / cIoU / N-acc) or the GLaMM GCG evaluator (METEOR / CIDEr / AP50 / mIoU / Recall).
@@ -13,30 +13,43 @@ prompt, backend, seed).
 Example (the bundled sample, the tiny random VLM and the seeded micro mask tokenizer, on CPU):
 
     samtok-rl eval --task gres --sample --split val --model "$(python -c 'from samtok_rl.tiny import build_tiny_vlm; print(build_tiny_vlm())')" \
-        --mask-tokenizer micro --output-dir out/eval-gres --max-new-tokens 16 --max-pixels 12544
+        --mask_tokenizer micro --output_dir out/eval-gres --max_new_tokens 16 --max_pixels 12544
+    samtok-rl eval --config recipes/eval/gres_qwen2_5_vl_3b_rl.yaml
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
-import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
+from transformers import set_seed
 
-# samtok_rl.data (pycocotools, datasets) and the metrics are imported where used: this module (which the vLLM tests
-# import the generators through) must stay importable in the lean vLLM test environment. The output parsers and the
-# generators live in their own modules; the names imported here are also this module's public API.
-from samtok_rl.eval_parse import GRES_MAX_SPANS, clean_output, parse_gcg_output, parse_gres
+from samtok_rl.cli import config_parser
+from samtok_rl.data import read_grandf_gcg_gt, read_grefcoco, sample_paths
+from samtok_rl.files import open_rgb
 from samtok_rl.generation import HFGenerator, VLLMGenerator, resolve_backend
+from samtok_rl.logs import setup_logging
+from samtok_rl.mask_tokenizer import build_mask_tokenizer, check_mask_tokenizer_source, default_device
+from samtok_rl.masks import decode_rle, rle_from_mask
+from samtok_rl.metrics import (
+    GCG_COLUMNS,
+    GRES_COLUMNS,
+    BertTextSimilarity,
+    format_table,
+    gcg_metrics,
+    gres_metrics,
+    union_masks,
+)
+from samtok_rl.parsing import GRES_MAX_SPANS, clean_output, parse_gcg_output, parse_gres
 from samtok_rl.prompts import GCG_QUESTION, GRES_TEMPLATE, gcg_question, gres_question
+from samtok_rl.tiny import resolve_model_path
 
 
 logger = logging.getLogger(__name__)
@@ -45,7 +58,7 @@ TASKS = ("gres", "gcg")
 METRICS_FILE = "metrics.json"
 SETTINGS_FILE = "eval_settings.json"
 
-# SAMTok's protocol (metrics.md §6): RL models (think/answer prompt) get a longer generation budget.
+# SAMTok's eval scripts: RL models (think/answer prompt) get a longer generation budget.
 MAX_NEW_TOKENS = {("gres", True): 1024, ("gcg", True): 2048, ("gres", False): 128, ("gcg", False): 512}
 # The RL recipe's image resolution (EasyR1 config: 3136 / 1,605,632 = 4 to 2048 merged 28x28 patches). The eval
 # fixes it instead of inheriting each checkpoint's processor default, because the numbers move with it.
@@ -74,7 +87,7 @@ def _first_dir(candidates: Sequence[Path], what: str) -> Path:
         if path.is_dir():
             return path
     tried = "\n  ".join(str(p) for p in candidates)
-    raise SystemExit(f"cannot find the {what}; tried:\n  {tried}\npass it with --images")
+    raise ValueError(f"cannot find the {what}; tried:\n  {tried}\nname it with `images`")
 
 
 def _first_file(candidates: Sequence[Path], what: str) -> Path:
@@ -82,7 +95,7 @@ def _first_file(candidates: Sequence[Path], what: str) -> Path:
         if path.is_file():
             return path
     tried = "\n  ".join(str(p) for p in candidates)
-    raise SystemExit(f"cannot find {what}; tried:\n  {tried}")
+    raise ValueError(f"cannot find {what}; tried:\n  {tried}")
 
 
 def read_split(task: str, data: Path, split: str, images: Path | None = None):
@@ -95,7 +108,6 @@ def read_split(task: str, data: Path, split: str, images: Path | None = None):
       `data/val_test` or `data`; images in `data/GranDf_HA_images/val_test`, `data/images/val_test`,
       `data/images/grandf/val_test`, `data/images` or `data/../images`.
     """
-    from samtok_rl.data import read_grandf_gcg_gt, read_grefcoco
 
     data = Path(data)
     if task == "gres":
@@ -139,11 +151,6 @@ def make_samples(task: str, rows, think: bool, template: str | None = None) -> l
     return samples
 
 
-def load_image(path: str) -> Image.Image:
-    with Image.open(path) as img:
-        return img.convert("RGB")
-
-
 # ---------------------------------------------------------------------------------------------------------------------
 # Predictions: generate, parse, decode, write.
 
@@ -178,7 +185,6 @@ def predict_records(
     GRES records keep one RLE per decoded span (the metric takes their union; none = the no-target answer). GCG
     records keep one RLE per phrase, in phrase order; a phrase without a span gets an all-empty mask.
     """
-    from samtok_rl.data import rle_from_mask
 
     parsed = [parse_gres(t, think) if task == "gres" else parse_gcg_output(t, think) for t in texts]
     arrays = [np.asarray(image) for image in images]
@@ -227,15 +233,12 @@ class _LazyMasks(Sequence):
 
 
 def _union(rles: Sequence[dict], size: Sequence[int]) -> np.ndarray:
-    from samtok_rl.data import decode_rle
-    from samtok_rl.metrics import union_masks
 
     return union_masks((decode_rle(rle) for rle in rles), tuple(size))
 
 
 def score_gres(records: Sequence[dict], rows) -> dict:
     """GRES metrics of one split (`metrics.gres_metrics`) plus the parse statistics."""
-    from samtok_rl.metrics import gres_metrics
 
     gt = {r["id"]: r for r in rows}
     preds = _LazyMasks(lambda k: _union(records[k]["masks"], records[k]["size"]), len(records))
@@ -252,7 +255,6 @@ def score_gres(records: Sequence[dict], rows) -> dict:
 
 def score_gcg(records: Sequence[dict], rows, text_similarity=None) -> dict:
     """GCG metrics of one split (`metrics.gcg_metrics`) plus the phrase/span pairing statistics."""
-    from samtok_rl.metrics import gcg_metrics
 
     gt = {r["id"]: r for r in rows}
     predictions = [{"caption": r["caption"], "phrases": r["phrases"], "masks": r["masks"]} for r in records]
@@ -274,7 +276,7 @@ def score_gcg(records: Sequence[dict], rows, text_similarity=None) -> dict:
 
 
 def write_glamm_predictions(records: Sequence[dict], folder: Path) -> None:
-    """Write GLaMM-evaluator prediction files, one `<image_id>.json` per image (metrics.md §3), for cross-checks."""
+    """Write GLaMM-evaluator prediction files, one `<image_id>.json` per image (the GLaMM evaluator's input format), for cross-checks."""
     folder.mkdir(parents=True, exist_ok=True)
     for r in records:
         payload = {
@@ -288,22 +290,6 @@ def write_glamm_predictions(records: Sequence[dict], folder: Path) -> None:
 
 # ---------------------------------------------------------------------------------------------------------------------
 # The runner.
-
-
-def _seed_everything(seed: int) -> None:
-    import torch
-
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def _load_mask_tokenizer(args, device: str):
-    from samtok_rl.mask_tokenizer import MaskTokenizer, load_mask_tokenizer
-
-    if args.checkpoint is not None:
-        return MaskTokenizer.from_files(args.sam2_config, args.checkpoint, device=device, drop_memory_modules=True)
-    return load_mask_tokenizer(args.mask_tokenizer or args.model, device=device, drop_memory_modules=True)
 
 
 def _settings(args, backend: str, max_new_tokens: int, data: Path) -> dict:
@@ -320,35 +306,32 @@ def _settings(args, backend: str, max_new_tokens: int, data: Path) -> dict:
         "min_pixels": args.min_pixels,
         "max_pixels": args.max_pixels,
         "seed": args.seed,
-        "mask_tokenizer": str(args.mask_tokenizer or (f"{args.sam2_config}:{args.checkpoint}" if args.checkpoint
-                                                      else args.model)),
+        "mask_tokenizer": f"{args.sam2_config}:{args.checkpoint}" if args.checkpoint else args.mask_tokenizer_source,
         "gres_span_cap": GRES_MAX_SPANS if (args.task == "gres" and args.think) else None,
         "decoding": "greedy (do_sample=False, top_p=1.0), skip_special_tokens=False",
     }  # fmt: skip
 
 
-def evaluate(args: argparse.Namespace, generator=None, text_similarity=None, mask_tokenizer=None) -> dict:
-    """Run the evaluation described by `args` (see `make_parser`) and return the content of `metrics.json`.
+def evaluate(args: EvalConfig, generator=None, text_similarity=None, mask_tokenizer=None) -> dict:
+    """Run the evaluation `args` describes and return the content of `metrics.json` (`samtok-rl eval` from Python).
 
     Args:
-        args (`argparse.Namespace`): parsed options.
+        args (`EvalConfig`): what to evaluate and how.
         generator (*optional*): an object with `generate(questions, images) -> list[str]`, `image_resolution()` and
-            `strip_tokens()`; built from `--backend` when `None` (only when some sample still needs generating).
+            `strip_tokens()`; built from `args.backend` when `None` (only when some sample still needs generating).
         text_similarity (*optional*): GCG Recall's `text_similarity(labels, phrases)`; defaults to
-            `BertTextSimilarity(--text-encoder)`.
+            `BertTextSimilarity(args.text_encoder)`.
         mask_tokenizer (`MaskTokenizer`, *optional*): an already loaded tokenizer (its image-feature cache is
             reused); loaded from the mask-tokenizer options when `None`.
 
     Returns:
         `dict`: `settings`, `splits` (metrics per split), `run` (`generated`, `resumed`, timings).
     """
-    import torch
 
-    from samtok_rl.data import sample_paths
 
     start = time.perf_counter()
-    _seed_everything(args.seed)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    set_seed(args.seed)
+    device = args.device or default_device()
     backend = resolve_backend(args.backend, device)
     max_new_tokens = args.max_new_tokens or MAX_NEW_TOKENS[(args.task, args.think)]
     out_dir = Path(args.output_dir)
@@ -367,7 +350,7 @@ def evaluate(args: argparse.Namespace, generator=None, text_similarity=None, mas
         rows_by_split[split] = [dict(r, id=s.id) for r, s in zip(rows, samples)]
         samples_by_split[split] = samples
         if not samples:
-            raise SystemExit(f"split {split!r} of {data} has no samples")
+            raise ValueError(f"split {split!r} of {data} has no samples")
 
     # Predictions already on disk, first record per id (the resume key).
     done: dict[str, dict[str, dict]] = {}
@@ -386,8 +369,8 @@ def evaluate(args: argparse.Namespace, generator=None, text_similarity=None, mas
     has_predictions = any(p.stat().st_size for p in out_dir.glob("predictions_*.jsonl"))
     if previous is not None and has_predictions and previous != settings:
         changed = sorted(k for k in settings if previous.get(k) != settings[k])
-        raise SystemExit(
-            f"{out_dir} holds predictions made with other settings ({', '.join(changed)}); use another --output-dir"
+        raise ValueError(
+            f"{out_dir} holds predictions made with other settings ({', '.join(changed)}); use another output_dir"
         )
     owned = generator is None and num_todo > 0  # a generator this call builds is also closed by it
     if owned:
@@ -396,21 +379,24 @@ def evaluate(args: argparse.Namespace, generator=None, text_similarity=None, mas
         # The processor's own reading of the resolution bounds, so a processor that ignored them cannot go unseen.
         actual = generator.image_resolution()
         if actual != {"min_pixels": args.min_pixels, "max_pixels": args.max_pixels}:
-            raise SystemExit(f"the image processor did not take the resolution bounds: it reports {actual}")
+            raise ValueError(f"the image processor did not take the resolution bounds: it reports {actual}")
     settings_path.write_text(json.dumps(settings, indent=1))
 
     generated = 0
     gen_seconds = 0.0
     if num_todo:
-        mask_tokenizer = mask_tokenizer or _load_mask_tokenizer(args, device)
+        mask_tokenizer = mask_tokenizer or build_mask_tokenizer(
+            None if args.checkpoint else args.mask_tokenizer_source, args.sam2_config, args.checkpoint, device,
+            drop_memory_modules=True,
+        )
         strip_tokens = generator.strip_tokens()
         batch_size = args.batch_size or DEFAULT_BATCH_SIZE.get(backend, 8)
-        progress = tqdm(total=num_todo, desc=f"eval {args.task}", disable=args.no_progress)
+        progress = tqdm(total=num_todo, desc=f"eval {args.task}", disable=not args.progress)
         for split in splits:
             path = out_dir / f"predictions_{split}.jsonl"
             for k in range(0, len(todo[split]), batch_size):
                 batch = todo[split][k : k + batch_size]
-                images = [load_image(s.image) for s in batch]
+                images = [open_rgb(s.image) for s in batch]
                 t0 = time.perf_counter()
                 texts = generator.generate([s.question for s in batch], images)
                 gen_seconds += time.perf_counter() - t0
@@ -426,8 +412,6 @@ def evaluate(args: argparse.Namespace, generator=None, text_similarity=None, mas
         generator.close()
 
     if args.task == "gcg" and text_similarity is None:
-        from samtok_rl.metrics import BertTextSimilarity
-
         text_similarity = BertTextSimilarity(args.text_encoder, device=device)
     split_metrics = {}
     for split in splits:
@@ -460,9 +444,10 @@ def _json_default(value):
 
 
 def _make_generator(args, backend: str, device: str, max_new_tokens: int):
+    model = resolve_model_path(args.model)
     if backend == "vllm":
         return VLLMGenerator(
-            str(args.model),
+            model,
             max_new_tokens,
             args.min_pixels,
             args.max_pixels,
@@ -471,13 +456,11 @@ def _make_generator(args, backend: str, device: str, max_new_tokens: int):
             args.gpu_memory_utilization,
             args.tensor_parallel_size,
         )
-    return HFGenerator(str(args.model), device, max_new_tokens, args.min_pixels, args.max_pixels)
+    return HFGenerator(model, device, max_new_tokens, args.min_pixels, args.max_pixels)
 
 
 def format_results(result: dict) -> str:
     """The paper-style table of a `metrics.json` (GRES: gIoU / cIoU / N-acc per split + avg; GCG: Table 1's columns)."""
-    from samtok_rl.metrics import GCG_COLUMNS, GRES_COLUMNS, format_table
-
     task = result["settings"]["task"]
     splits = result["splits"]
     columns = GRES_COLUMNS if task == "gres" else GCG_COLUMNS
@@ -494,69 +477,80 @@ def format_results(result: dict) -> str:
     return "\n".join(lines)
 
 
-def make_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
-    parser = parser or argparse.ArgumentParser(prog="samtok-rl eval", description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--model", required=True, help="VLM folder or Hub id (e.g. zhouyik/Qwen2.5-VL-3B-SAMTok-gres-rl)"
+@dataclass
+class EvalConfig:
+    """What `samtok-rl eval` evaluates and how (flags or the keys of `--config FILE.yaml`)."""
+
+    model: str = field(
+        metadata={"help": "VLM folder or Hub id (e.g. zhouyik/Qwen2.5-VL-3B-SAMTok-gres-rl), or tiny:qwen2_5_vl."}
     )
-    parser.add_argument("--task", choices=TASKS, required=True)
-    parser.add_argument("--output-dir", type=Path, required=True, help="predictions + metrics.json (resumable)")
-    src = parser.add_argument_group("data")
-    src.add_argument("--data", type=Path, default=None, help="gRefCOCO folder (grefs(unc).json) or GranD-f folder")
-    src.add_argument("--sample", action="store_true", help="use the bundled real-photo sample")
-    src.add_argument("--images", type=Path, default=None, help="image folder (default: found from --data)")
-    src.add_argument("--split", default="val", help="comma-separated: gres val,testA,testB; gcg val,test")
-    src.add_argument("--limit", type=int, default=None, help="first N samples per split")
-    gen = parser.add_argument_group("generation")
-    gen.add_argument(
-        "--think",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="R1 think/answer prompt of the RL models (default); --no-think for SFT models",
+    task: str = field(metadata={"help": "gres or gcg", "choices": list(TASKS)})
+    output_dir: str = field(metadata={"help": "Predictions and metrics.json (resumable)."})
+    data: str | None = field(
+        default=None, metadata={"help": "gRefCOCO folder (grefs(unc).json) or GranD-f folder (or sample)."}
     )
-    gen.add_argument("--template", default=None, help="GRES template with {expression}, or the whole GCG question")
-    gen.add_argument(
-        "--max-new-tokens", type=int, default=None, help="default: GRES 1024/128, GCG 2048/512 (think/no-think)"
+    sample: bool = field(default=False, metadata={"help": "Evaluate on the bundled real-photo sample."})
+    images: str | None = field(default=None, metadata={"help": "Image folder (default: found from data)."})
+    split: str = field(default="val", metadata={"help": "Comma-separated: gres val,testA,testB; gcg val,test."})
+    limit: int | None = field(default=None, metadata={"help": "First N samples per split."})
+    think: bool = field(
+        default=True, metadata={"help": "R1 think/answer prompt of the RL models (--no_think for SFT models)."}
     )
-    gen.add_argument("--min-pixels", type=int, default=DEFAULT_MIN_PIXELS)
-    gen.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="Qwen image resolution cap (recorded)")
-    gen.add_argument(
-        "--backend", choices=("auto", "vllm", "hf"), default="auto", help="auto: vLLM on CUDA when installed"
+    template: str | None = field(
+        default=None, metadata={"help": "GRES template with {expression}, or the whole GCG question."}
     )
-    gen.add_argument("--batch-size", type=int, default=None, help="samples per generation call (hf 8, vllm 512)")
-    gen.add_argument("--seed", type=int, default=0)
-    gen.add_argument("--device", default=None, help="default: cuda when available, else cpu")
-    gen.add_argument("--max-model-len", type=int, default=8192, help="vLLM context length")
-    gen.add_argument("--gpu-memory-utilization", type=float, default=0.85, help="vLLM")
-    gen.add_argument("--tensor-parallel-size", type=int, default=1, help="vLLM")
-    tok = parser.add_argument_group("mask tokenizer (default: mask_tokenizer_256x2.pth of --model)")
-    tok.add_argument(
-        "--mask-tokenizer",
+    max_new_tokens: int | None = field(
+        default=None, metadata={"help": "Default: GRES 1024 / 128, GCG 2048 / 512 (think / no think)."}
+    )
+    min_pixels: int = field(default=DEFAULT_MIN_PIXELS, metadata={"help": "Qwen image resolution floor (recorded)."})
+    max_pixels: int = field(default=DEFAULT_MAX_PIXELS, metadata={"help": "Qwen image resolution cap (recorded)."})
+    backend: str = field(
+        default="auto",
+        metadata={"help": "auto (vLLM on CUDA when installed), vllm or hf", "choices": ["auto", "vllm", "hf"]},
+    )
+    batch_size: int | None = field(default=None, metadata={"help": "Samples per generation call (hf 8, vllm 512)."})
+    seed: int = field(default=0, metadata={"help": "Seed (greedy decoding; recorded)."})
+    device: str | None = field(default=None, metadata={"help": "Default: this process's CUDA device, else cpu."})
+    max_model_len: int = field(default=8192, metadata={"help": "vLLM context length."})
+    gpu_memory_utilization: float = field(default=0.85, metadata={"help": "vLLM share of the GPU memory."})
+    tensor_parallel_size: int = field(default=1, metadata={"help": "vLLM tensor-parallel size."})
+    mask_tokenizer: str | None = field(
         default=None,
-        help="SAMTok folder, checkpoint file or Hub id; 'micro' = seeded random micro tokenizer (demo)",
+        metadata={"help": "micro, a SAMTok folder, checkpoint file or Hub id; default: the model's own tokenizer."},
     )
-    tok.add_argument("--sam2-config", default=None, help="sam2 YAML (with --checkpoint)")
-    tok.add_argument("--checkpoint", type=Path, default=None, help="tokenizer weights, .pth or .safetensors")
-    met = parser.add_argument_group("metrics")
-    met.add_argument("--text-encoder", default="bert-base-uncased", help="BERT folder or Hub id for GCG Recall")
-    parser.add_argument("--no-progress", action="store_true")
-    return parser
+    sam2_config: str | None = field(
+        default=None, metadata={"help": "sam2 YAML of the mask tokenizer (with checkpoint)."}
+    )
+    checkpoint: str | None = field(default=None, metadata={"help": "Mask tokenizer weights, .pth or .safetensors."})
+    text_encoder: str = field(default="bert-base-uncased", metadata={"help": "BERT folder or Hub id for GCG Recall."})
+    progress: bool = field(default=True, metadata={"help": "Show a progress bar (--no_progress: don't)."})
+
+    def __post_init__(self):
+        if self.task not in TASKS:
+            raise ValueError(f"task must be one of {TASKS}, got {self.task!r}")
+        if self.sample == (self.data is not None):
+            raise ValueError(f"give exactly one of data and sample (got data={self.data!r}, sample={self.sample})")
+        if self.checkpoint is not None or self.sam2_config is not None:
+            check_mask_tokenizer_source(self.mask_tokenizer, self.sam2_config, self.checkpoint)
+
+    @property
+    def mask_tokenizer_source(self) -> str:
+        """What the mask tokenizer is built from (the model's own folder or Hub id unless named)."""
+        return self.mask_tokenizer or self.model
+
+
+def make_parser():
+    """The `samtok-rl eval` parser (`--config FILE.yaml` and the fields of [`EvalConfig`])."""
+    return config_parser([EvalConfig], prog="samtok-rl eval", description=__doc__.split("\n\n")[0])
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
     """Run `samtok-rl eval` (also `python -m samtok_rl.evaluate`): predictions, `metrics.json` and the table."""
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    parser = make_parser()
-    args = parser.parse_args(argv)
-    if (args.sam2_config is None) != (args.checkpoint is None):
-        parser.error("--sam2-config and --checkpoint go together")
-    if args.checkpoint is not None and args.mask_tokenizer is not None:
-        parser.error("give either --mask-tokenizer or --sam2-config + --checkpoint")
-    if args.sample == (args.data is not None):
-        parser.error("give exactly one of --data and --sample")
-    result = evaluate(args)
+    (config,) = make_parser().parse_args_and_config(args=None if argv is None else list(argv))
+    setup_logging()
+    result = evaluate(config)
     print(format_results(result))
-    print(f"wrote {Path(args.output_dir) / METRICS_FILE}")
+    print(f"wrote {Path(config.output_dir) / METRICS_FILE}")
     return result
 
 

@@ -9,7 +9,9 @@ from __future__ import annotations
 import importlib.util
 from collections.abc import Sequence
 
+import torch
 from PIL import Image
+from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from samtok_rl.prompts import conversation
 
@@ -25,9 +27,6 @@ class HFGenerator:
     """
 
     def __init__(self, model: str, device: str, max_new_tokens: int, min_pixels: int, max_pixels: int):
-        import torch
-        from transformers import AutoModelForImageTextToText, AutoProcessor
-
         self.processor = AutoProcessor.from_pretrained(model, min_pixels=min_pixels, max_pixels=max_pixels)
         self.processor.tokenizer.padding_side = "left"  # decoder-only batches pad on the left
         dtype = torch.bfloat16 if str(device).startswith("cuda") else torch.float32
@@ -50,8 +49,6 @@ class HFGenerator:
         self.model = None
 
     def generate(self, questions: Sequence[str], images: Sequence[Image.Image]) -> list[str]:
-        import torch
-
         texts = [
             self.processor.apply_chat_template(conversation(q), tokenize=False, add_generation_prompt=True)
             for q in questions
@@ -102,8 +99,7 @@ class VLLMGenerator:
         gpu_memory_utilization: float,
         tensor_parallel_size: int,
     ):
-        from transformers import AutoProcessor
-        from vllm import LLM, SamplingParams
+        from vllm import LLM, SamplingParams  # optional: not a dependency of the main environment
 
         self.processor = AutoProcessor.from_pretrained(model, min_pixels=min_pixels, max_pixels=max_pixels)
         self.llm = LLM(

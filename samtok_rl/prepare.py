@@ -7,18 +7,19 @@ resumes where it stopped. Load the result with [`load_prepared`].
 
 Example (the bundled sample, GRES, with SAMTok's released tokenizer):
 
-    samtok-rl prepare --task gres --sample --split train --mask-tokenizer zhouyik/Qwen3-VL-8B-SAMTok --output out/gres
+    samtok-rl prepare --task gres --sample --split train --mask_tokenizer zhouyik/Qwen3-VL-8B-SAMTok --output_dir out/gres
+    samtok-rl prepare --config recipes/prepare/gres_grefcoco.yaml
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import logging
 import os
 import random
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import datasets
@@ -26,21 +27,17 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from datasets.table import InMemoryTable
-from PIL import Image
 from tqdm.auto import tqdm
 
-from samtok_rl.data import decode_rle, read_grandf_gcg, read_grefcoco, sample_paths
+from samtok_rl.cli import config_parser
+from samtok_rl.data import read_grandf_gcg, read_grefcoco, sample_paths
 from samtok_rl.data.grefcoco import RLE
-from samtok_rl.prompts import (
-    GCG_QUESTION,
-    GRES_TEMPLATE,
-    NO_TARGET,
-    OBJ_REF_END,
-    OBJ_REF_START,
-    conversation,
-    gcg_question,
-    gres_question,
-)
+from samtok_rl.files import open_rgb, write_json_atomic
+from samtok_rl.logs import setup_logging
+from samtok_rl.mask_tokenizer import build_mask_tokenizer, check_mask_tokenizer_source
+from samtok_rl.masks import decode_rle
+from samtok_rl.parsing import NO_TARGET, OBJ_REF_END, OBJ_REF_START
+from samtok_rl.prompts import GCG_QUESTION, GRES_TEMPLATE, conversation, gcg_question, gres_question
 from samtok_rl.tokens import format_mask
 
 
@@ -74,7 +71,7 @@ PREPARED_FEATURES = datasets.Features(
 
 
 def select_one_per_image(images: Sequence[str], num_images: int, seed: int = 42) -> list[int]:
-    """Pick `num_images` images and one row per picked image, as the reference RL set was drawn (rewards.md §9).
+    """Pick `num_images` images and one row per picked image, as the reference RL set was drawn (SAMTok's RL data: 4,000 gRefCOCO train images, seed 42).
 
     Rows are grouped by image in first-appearance order; `random.Random(seed).sample` draws the image indices; then a
     fresh `random.Random(seed)` picks one row per chosen image with `choice`, walking the images in first-appearance
@@ -167,11 +164,11 @@ def read_source(
         images = images or paths.images
     if task == "gres":
         if refs is None or instances is None or images is None:
-            raise ValueError("--task gres needs --refs, --instances and --images (or --sample)")
+            raise ValueError("task gres needs refs, instances and images (or sample)")
         return read_grefcoco(refs, instances, images, splits=split, skip_invalid=skip_invalid)
     if task == "gcg":
         if annotations is None or images is None:
-            raise ValueError("--task gcg needs --annotations and --images (or --sample)")
+            raise ValueError("task gcg needs annotations and images (or sample)")
         return read_grandf_gcg(annotations, images, skip_invalid=skip_invalid)
     raise ValueError(f"unknown task {task!r}; expected 'gres' or 'gcg'")
 
@@ -187,12 +184,6 @@ def _fingerprint(source: datasets.Dataset, task: str, settings: dict) -> str:
         key = [row["image"], row.get("expression", ""), row.get("caption", ""), [m["counts"] for m in row["gt_masks"]]]
         h.update(json.dumps(key).encode())
     return h.hexdigest()
-
-
-def _write_json_atomic(path: Path, payload: dict) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=1))
-    os.replace(tmp, path)  # atomic on POSIX: a crash leaves the old manifest or the new one, never half of one
 
 
 def _shard_name(index: int, count: int) -> str:
@@ -216,8 +207,7 @@ def _encode_shard(rows: list[dict], tokenizer, batch_size: int) -> list[np.ndarr
                     flat.append(rle)
         if not flat:
             continue
-        with Image.open(path) as img:
-            rgb = np.asarray(img.convert("RGB"))
+        rgb = np.asarray(open_rgb(path))
         out = np.concatenate(
             [
                 tokenizer.encode(rgb, np.stack([decode_rle(r) for r in flat[k : k + batch_size]]))
@@ -303,7 +293,7 @@ def prepare(
         if manifest.get("fingerprint") != fingerprint:
             raise ValueError(
                 f"{manifest_path}: this folder was prepared from other inputs or settings "
-                f"(task={manifest.get('task')}, settings={manifest.get('settings')}); use a new --output folder"
+                f"(task={manifest.get('task')}, settings={manifest.get('settings')}); use a new output_dir"
             )
     else:
         manifest = {
@@ -314,7 +304,7 @@ def prepare(
             "num_rows": len(source),
             "shards": {},
         }
-        _write_json_atomic(manifest_path, manifest)
+        write_json_atomic(manifest_path, manifest)
 
     def finished(k: int) -> bool:
         return str(k) in manifest["shards"] and (out / manifest["shards"][str(k)]["file"]).is_file()
@@ -334,12 +324,12 @@ def prepare(
             pq.write_table(datasets.Dataset.from_list(prepared, features=PREPARED_FEATURES).data.table, tmp)
             os.replace(tmp, out / name)
             manifest["shards"][str(k)] = {"file": name, "rows": len(prepared)}
-            _write_json_atomic(manifest_path, manifest)
+            write_json_atomic(manifest_path, manifest)
             bar.update(len(prepared))
         bar.close()
     if not manifest.get("complete"):
         manifest["complete"] = True
-        _write_json_atomic(manifest_path, manifest)
+        write_json_atomic(manifest_path, manifest)
     return load_prepared(out)
 
 
@@ -362,89 +352,106 @@ def load_prepared(output_dir: str | Path) -> datasets.Dataset:
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Command line.
+# Configuration and command line.
 
 
-def make_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
-    """The `samtok-rl prepare` argument parser (fills `parser` when given, for the subcommand)."""
-    parser = parser or argparse.ArgumentParser(prog="samtok-rl prepare", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--task", choices=("gres", "gcg"), required=True)
-    parser.add_argument("--output", type=Path, required=True, help="output folder (resumable)")
-    src = parser.add_argument_group("source")
-    src.add_argument("--sample", action="store_true", help="use the bundled real-photo sample")
-    src.add_argument("--refs", type=Path, help="gRefCOCO grefs(unc).json")
-    src.add_argument("--instances", type=Path, help="gRefCOCO instances.json")
-    src.add_argument("--annotations", type=Path, help="GranD-f GranDf_HA_GCG_train.json")
-    src.add_argument("--images", type=Path, help="image folder")
-    src.add_argument("--split", default=None, help="gRefCOCO split to keep (train, val, testA, testB); default: all")
-    src.add_argument("--skip-invalid", action="store_true", help="skip malformed rows with a warning")
-    sel = parser.add_argument_group("selection (reference RL set: --num-images 4000 --seed 42)")
-    sel.add_argument("--num-images", type=int, default=None, help="keep this many images, one row each")
-    sel.add_argument("--seed", type=int, default=42)
-    prm = parser.add_argument_group("prompt")
-    prm.add_argument("--template", default=None, help="GRES template with {expression}, or the whole GCG question")
-    prm.add_argument("--no-think", action="store_true", help="leave out the R1 think/answer instruction")
-    tok = parser.add_argument_group("mask tokenizer")
-    tok.add_argument("--mask-tokenizer", default=None, help="SAMTok model folder, checkpoint file or Hub id, or `micro` (the seeded micro tokenizer)")
-    tok.add_argument("--sam2-config", type=Path, default=None, help="sam2 YAML (with --checkpoint)")
-    tok.add_argument("--checkpoint", type=Path, default=None, help="tokenizer weights, .pth or .safetensors")
-    tok.add_argument("--device", default=None, help="default: cuda when available, else cpu")
-    tok.add_argument("--batch-size", type=int, default=32, help="most masks per tokenizer call")
-    parser.add_argument("--shard-size", type=int, default=256, help="rows per resumable shard")
-    parser.add_argument("--no-progress", action="store_true")
-    return parser
+@dataclass
+class PrepareConfig:
+    """What `samtok-rl prepare` reads, selects, prompts and writes (flags or the keys of `--config FILE.yaml`)."""
+
+    task: str = field(metadata={"help": "gres (gRefCOCO) or gcg (GranD-f)", "choices": ["gres", "gcg"]})
+    output_dir: str = field(metadata={"help": "Output folder (resumable: finished shards are kept)."})
+    sample: bool = field(default=False, metadata={"help": "Use the bundled real-photo sample instead of files."})
+    refs: str | None = field(default=None, metadata={"help": "gRefCOCO grefs(unc).json"})
+    instances: str | None = field(default=None, metadata={"help": "gRefCOCO instances.json"})
+    annotations: str | None = field(default=None, metadata={"help": "GranD-f GranDf_HA_GCG_train.json"})
+    images: str | None = field(default=None, metadata={"help": "Image folder."})
+    split: str | None = field(
+        default=None, metadata={"help": "gRefCOCO split to keep (train, val, testA, testB); default: all."}
+    )
+    skip_invalid: bool = field(default=False, metadata={"help": "Skip malformed rows with a warning."})
+    num_images: int | None = field(
+        default=None,
+        metadata={"help": "Keep this many images, one row each (the reference RL set: 4000 with seed 42)."},
+    )
+    seed: int = field(default=42, metadata={"help": "Seed of the image selection."})
+    template: str | None = field(
+        default=None, metadata={"help": "GRES template with {expression}, or the whole GCG question."}
+    )
+    think: bool = field(default=True, metadata={"help": "Add the R1 think/answer instruction (--no_think: leave it out)."})
+    mask_tokenizer: str | None = field(
+        default=None,
+        metadata={"help": "micro, a SAMTok model folder, a checkpoint file or a Hub id (or sam2_config + checkpoint)."},
+    )
+    sam2_config: str | None = field(default=None, metadata={"help": "sam2 YAML of the mask tokenizer (with checkpoint)."})
+    checkpoint: str | None = field(default=None, metadata={"help": "Mask tokenizer weights, .pth or .safetensors."})
+    device: str | None = field(default=None, metadata={"help": "Default: this process's CUDA device, else cpu."})
+    batch_size: int = field(default=32, metadata={"help": "Most masks per mask-tokenizer call."})
+    shard_size: int = field(default=256, metadata={"help": "Rows per resumable shard."})
+    progress: bool = field(default=True, metadata={"help": "Show a progress bar (--no_progress: don't)."})
+
+    def __post_init__(self):
+        if self.task not in ("gres", "gcg"):
+            raise ValueError(f"task must be gres or gcg, got {self.task!r}")
+        check_mask_tokenizer_source(self.mask_tokenizer, self.sam2_config, self.checkpoint)
+
+    @property
+    def mask_tokenizer_id(self) -> str:
+        """How the mask tokenizer is named in the manifest (a resume with another one is refused)."""
+        return str(self.mask_tokenizer or f"{self.sam2_config}:{self.checkpoint}")
 
 
-def _tokenizer_loader(args) -> tuple[Callable[[], object], str]:
-    if (args.sam2_config is None) != (args.checkpoint is None):
-        raise SystemExit("--sam2-config and --checkpoint go together")
-    if (args.mask_tokenizer is None) == (args.checkpoint is None):
-        raise SystemExit("give either --mask-tokenizer or --sam2-config + --checkpoint")
+def run(config: PrepareConfig) -> datasets.Dataset:
+    """Prepare the dataset `config` describes (`samtok-rl prepare` from Python) and return it.
 
-    def load():
-        import torch
-
-        from samtok_rl.mask_tokenizer import MaskTokenizer, load_mask_tokenizer
-
-        device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-        if args.mask_tokenizer is not None:
-            return load_mask_tokenizer(args.mask_tokenizer, device=device, drop_memory_modules=True)
-        return MaskTokenizer.from_files(args.sam2_config, args.checkpoint, device=device, drop_memory_modules=True)
-
-    described = args.mask_tokenizer or f"{args.sam2_config}:{args.checkpoint}"
-    return load, str(described)
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    """Run `samtok-rl prepare` (also `python -m samtok_rl.prepare`)."""
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    args = make_parser().parse_args(argv)
-    load, tokenizer_id = _tokenizer_loader(args)
+    Example:
+    >>> import tempfile
+    >>> config = PrepareConfig(task="gres", output_dir=tempfile.mkdtemp(), sample=True, split="val",
+    ...                        mask_tokenizer="micro", device="cpu", progress=False)
+    >>> dataset = run(config)
+    >>> len(dataset), dataset[0]["task"]
+    (4, 'gres')
+    """
     source = read_source(
-        args.task,
-        refs=args.refs,
-        instances=args.instances,
-        annotations=args.annotations,
-        images=args.images,
-        sample=args.sample,
-        split=args.split,
-        skip_invalid=args.skip_invalid,
+        config.task,
+        refs=config.refs,
+        instances=config.instances,
+        annotations=config.annotations,
+        images=config.images,
+        sample=config.sample,
+        split=config.split,
+        skip_invalid=config.skip_invalid,
     )
-    if args.num_images is not None:
-        source = source.select(select_one_per_image(source["image"], args.num_images, args.seed))
-    result = prepare(
+    if config.num_images is not None:
+        source = source.select(select_one_per_image(source["image"], config.num_images, config.seed))
+    return prepare(
         source,
-        args.task,
-        args.output,
-        load,
-        template=args.template,
-        think=not args.no_think,
-        shard_size=args.shard_size,
-        batch_size=args.batch_size,
-        tokenizer_id=tokenizer_id,
-        progress=not args.no_progress,
+        config.task,
+        config.output_dir,
+        lambda: build_mask_tokenizer(
+            config.mask_tokenizer, config.sam2_config, config.checkpoint, config.device, drop_memory_modules=True
+        ),
+        template=config.template,
+        think=config.think,
+        shard_size=config.shard_size,
+        batch_size=config.batch_size,
+        tokenizer_id=config.mask_tokenizer_id,
+        progress=config.progress,
     )
-    logger.info("wrote %d rows to %s", len(result), args.output)
+
+
+def make_parser():
+    """The `samtok-rl prepare` parser (`--config FILE.yaml` and the fields of [`PrepareConfig`])."""
+    return config_parser([PrepareConfig], prog="samtok-rl prepare", description=__doc__.split("\n\n")[0])
+
+
+def main(argv: Sequence[str] | None = None) -> datasets.Dataset:
+    """Run `samtok-rl prepare` (also `python -m samtok_rl.prepare`)."""
+    (config,) = make_parser().parse_args_and_config(args=None if argv is None else list(argv))
+    setup_logging()
+    result = run(config)
+    logger.info("wrote %d rows to %s", len(result), config.output_dir)
+    return result
 
 
 if __name__ == "__main__":

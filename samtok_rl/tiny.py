@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import importlib.resources
 import json
-import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -44,12 +43,24 @@ from transformers import (
 )
 from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
 
+from samtok_rl.files import cache_dir, publish_dir
 from samtok_rl.tokens import add_mask_tokens
 
 
-__all__ = ["KINDS", "QWEN_SPECIAL_TOKENS", "build_tiny_processor", "build_tiny_vlm", "load_tiny_vlm", "tiny_vlm_dir"]
+__all__ = [
+    "KINDS",
+    "QWEN_SPECIAL_TOKENS",
+    "TINY_PREFIX",
+    "build_tiny_processor",
+    "build_tiny_vlm",
+    "load_tiny_vlm",
+    "resolve_model_path",
+    "tiny_vlm_dir",
+]
 
 KINDS = ("qwen2_5_vl", "qwen3_vl")
+# `tiny:qwen2_5_vl` names a tiny model wherever a model is named (recipes, `samtok-rl eval --model`).
+TINY_PREFIX = "tiny:"
 
 # Bump whenever the recipe below changes (corpus, sizes, configs): the cache folder name includes it, so stale
 # folders built by an older recipe are never reused.
@@ -265,8 +276,7 @@ def tiny_vlm_dir(kind: str = "qwen2_5_vl", root: str | Path | None = None, seed:
     """
     _check_kind(kind)
     if root is None:
-        cache = os.environ.get("SAMTOK_RL_CACHE")
-        root = Path(cache) / "tiny" if cache else Path.home() / ".cache" / "samtok_rl" / "tiny"
+        root = cache_dir("tiny")
     return Path(root) / f"{kind}-seed{seed}-{RECIPE_VERSION}-tf{transformers.__version__}"
 
 
@@ -302,16 +312,24 @@ def build_tiny_vlm(kind: str = "qwen2_5_vl", root: str | Path | None = None, see
     try:
         model.save_pretrained(tmp)
         processor.save_pretrained(tmp)
-        tmp.chmod(0o755)  # mkdtemp makes it private; the cache folder should be readable like any checkpoint
-        try:
-            os.rename(tmp, final)  # atomic on one filesystem
-        except OSError:
-            # Another process finished first (rename onto a non-empty folder fails); its build is identical.
-            if not final.is_dir():
-                raise
+        publish_dir(tmp, final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return final
+
+
+def resolve_model_path(name_or_path: str) -> str:
+    """`tiny:<kind>` -> the tiny VLM's folder (built on first use); any other model name or folder unchanged.
+
+    Recipes and `samtok-rl eval` name the tiny models this way, so the CPU demo and the tests need no files.
+
+    Example:
+    >>> resolve_model_path("Qwen/Qwen2.5-VL-3B-Instruct")
+    'Qwen/Qwen2.5-VL-3B-Instruct'
+    """
+    if name_or_path.startswith(TINY_PREFIX):
+        return str(build_tiny_vlm(name_or_path.removeprefix(TINY_PREFIX)))
+    return name_or_path
 
 
 def load_tiny_vlm(

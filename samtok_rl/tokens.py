@@ -4,16 +4,19 @@ A mask with per-level codes ``(c0, c1)`` (each in ``0..255``) is written as four
 
     <|mt_start|><|mt_{c0:04d}|><|mt_{256 + c1:04d}|><|mt_end|>
 
-so level-0 tokens are ``mt_0000..mt_0255`` and level-1 tokens ``mt_0256..mt_0511``. This module converts between
-codes, text and token ids. It is pure Python (plus torch for the embedding initialisation) and never imports the
-trainer, so rewards, data preparation and evaluation can all share it.
+so level-0 tokens are ``mt_0000..mt_0255`` and level-1 tokens ``mt_0256..mt_0511``. This module writes codes as text,
+looks the tokens up in a tokenizer and adds them to one; reading them back out of model output is
+`samtok_rl.parsing`'s job. It never imports the trainer, so rewards, data preparation and evaluation all share it.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+
+import torch
+from tokenizers import AddedToken
+from transformers import ProcessorMixin
 
 
 MASK_START = "<|mt_start|>"
@@ -28,12 +31,6 @@ MASK_TOKENS: tuple[str, ...] = (
     MASK_END,
 )
 
-# A span opener followed by any run of code tokens (any digit count, as the reference repair regexes accept).
-_SPAN_RE = re.compile(r"<\|mt_start\|>((?:<\|mt_\d+\|>)*)")
-_CODE_RE = re.compile(r"<\|mt_(\d+)\|>")
-# The strict grammar: exactly two 4-digit codes and nothing in between.
-_STRICT_RE = re.compile(r"<\|mt_start\|><\|mt_(\d{4})\|><\|mt_(\d{4})\|><\|mt_end\|>")
-_FRAGMENT = "<|mt_"
 
 
 def format_mask(c0: int, c1: int) -> str:
@@ -69,76 +66,6 @@ def format_masks(codes: Iterable[Sequence[int]]) -> list[str]:
     return [format_mask(row[0], row[1]) for row in codes]
 
 
-def _codes_from_numbers(numbers: Sequence[int]) -> tuple[int, int] | None:
-    """Apply the reference repair conventions to the token numbers of one span.
-
-    3+ codes keep the first two; a lone code gets a missing (-1) second code; a first code outside level 0 drops
-    the span; a second code outside level 1 becomes -1 (which the mask tokenizer decodes as that level's row 0).
-    """
-    if not numbers:
-        return None
-    c0 = numbers[0]
-    if not 0 <= c0 < CODEBOOK_SIZE:
-        return None
-    if len(numbers) == 1:
-        return (c0, -1)
-    c1 = numbers[1] - CODEBOOK_SIZE
-    return (c0, c1 if 0 <= c1 < CODEBOOK_SIZE else -1)
-
-
-def parse_masks(text: str, repair: bool = True) -> list[tuple[int, int]]:
-    """Read the per-level codes of every mask span in `text`, in order.
-
-    Args:
-        text (`str`): any string; non-strings give `[]`.
-        repair (`bool`, *optional*, defaults to `True`):
-            `False` accepts only well-formed spans (`<|mt_start|>`, a level-0 token, a level-1 token, `<|mt_end|>`,
-            nothing in between). `True` follows the reference repair conventions: a span with 3+ codes keeps the
-            first two, a span with one code gives `c1 = -1` (missing), a first code outside level 0 drops the span,
-            a second code outside level 1 (or not written with 4 digits) gives `c1 = -1`. A span ends at
-            `<|mt_end|>` or at the first character that is not a code token. Code tokens outside any span are
-            ignored (the reference's position-based pairing would shift every later mask instead).
-
-    Returns:
-        `list[tuple[int, int]]`: one `(c0, c1)` per span; never raises.
-
-    Example:
-    >>> parse_masks("a <|mt_start|><|mt_0123|><|mt_0301|><|mt_end|> b <|mt_start|><|mt_0007|><|mt_end|>")
-    [(123, 45), (7, -1)]
-    >>> parse_masks("<|mt_start|><|mt_0007|><|mt_end|>", repair=False)
-    []
-    """
-    if not isinstance(text, str) or _FRAGMENT not in text:
-        return []
-    out: list[tuple[int, int]] = []
-    strict = _STRICT_RE.findall(text)
-    # Fast path: when every span opener starts a well-formed span, the strict matches are the whole answer.
-    if not repair or text.count(MASK_START) == len(strict):
-        for a, b in strict:
-            codes = _codes_from_numbers((int(a), int(b)))
-            if codes is not None and (repair or codes[1] >= 0):
-                out.append(codes)
-        return out
-    for body in _SPAN_RE.findall(text):
-        # Only 4-digit tokens are vocabulary tokens; anything else counts as an out-of-range number.
-        numbers = [int(d) if len(d) == 4 else -1 for d in _CODE_RE.findall(body)[:2]]
-        codes = _codes_from_numbers(numbers)
-        if codes is not None:
-            out.append(codes)
-    return out
-
-
-def find_spans(text: str) -> list[str]:
-    """Return the well-formed span strings of `text`, in order, duplicates kept (the reward rules' span list).
-
-    Unlike `parse_masks(repair=False)`, the numbers are not range-checked: the textual rewards compare spans as
-    strings, exactly as the reference does.
-    """
-    if not isinstance(text, str) or _FRAGMENT not in text:
-        return []
-    return [m.group(0) for m in _STRICT_RE.finditer(text)]
-
-
 @dataclass(frozen=True)
 class MaskTokenIds:
     """The token ids of the 514 mask tokens in one tokenizer (looked up by string, never by arithmetic).
@@ -168,57 +95,8 @@ class MaskTokenIds:
         return cls(start=vocab[MASK_START], end=vocab[MASK_END], number=number)
 
 
-def parse_mask_ids(ids: Sequence[int], mask_ids: MaskTokenIds, repair: bool = True) -> list[tuple[int, int]]:
-    """Id-level twin of `parse_masks`: read the spans straight from token ids (e.g. TRL's `completion_ids`).
-
-    Same rules as `parse_masks`; a span ends at the end token or at the first id that is not a code token.
-
-    Args:
-        ids (`Sequence[int]`): token ids (a list, tuple or 1-D tensor converted with `.tolist()`).
-        mask_ids (`MaskTokenIds`): from `MaskTokenIds.from_tokenizer`.
-        repair (`bool`, *optional*, defaults to `True`): see `parse_masks`.
-
-    Returns:
-        `list[tuple[int, int]]`: one `(c0, c1)` per span.
-    """
-    if not isinstance(ids, (list, tuple)):
-        ids = ids.tolist()  # tensors and arrays: plain ints hash and compare fast
-    start, end, number = mask_ids.start, mask_ids.end, mask_ids.number
-    if start not in ids:
-        return []
-    out: list[tuple[int, int]] = []
-    n_ids = len(ids)
-    i = 0
-    while True:
-        try:
-            i = ids.index(start, i)
-        except ValueError:
-            return out
-        # Fast path: a well-formed span (both modes accept it as is).
-        if i + 3 < n_ids and ids[i + 3] == end:
-            a, b = number.get(ids[i + 1], -1), number.get(ids[i + 2], -1)
-            if 0 <= a < CODEBOOK_SIZE <= b:
-                out.append((a, b - CODEBOOK_SIZE))
-                i += 4
-                continue
-        j = i + 1
-        numbers: list[int] = []
-        while j < n_ids and ids[j] in number:
-            numbers.append(number[ids[j]])
-            j += 1
-        closed = j < n_ids and ids[j] == end
-        if repair:
-            codes = _codes_from_numbers(numbers[:2])
-            if codes is not None:
-                out.append(codes)
-        elif closed and len(numbers) == 2 and numbers[0] < CODEBOOK_SIZE <= numbers[1]:
-            out.append((numbers[0], numbers[1] - CODEBOOK_SIZE))
-        i = j
-
-
 def _text_tokenizer(tokenizer_or_processor):
     # A processor wraps its text tokenizer; a tokenizer is used as is.
-    from transformers import ProcessorMixin
 
     if isinstance(tokenizer_or_processor, ProcessorMixin):
         return tokenizer_or_processor.tokenizer
@@ -244,8 +122,6 @@ def add_mask_tokens(tokenizer_or_processor, model=None, seed: int = 0) -> list[i
     Returns:
         `list[int]`: the ids of the 514 tokens, in `MASK_TOKENS` order.
     """
-    from tokenizers import AddedToken
-
     tok = _text_tokenizer(tokenizer_or_processor)
     vocab = tok.get_vocab()
     missing = [t for t in MASK_TOKENS if t not in vocab]
@@ -263,8 +139,6 @@ def add_mask_tokens(tokenizer_or_processor, model=None, seed: int = 0) -> list[i
 
 
 def _resize_and_init(model, n_tokens: int, new_ids: list[int], seed: int) -> None:
-    import torch
-
     emb = model.get_input_embeddings()
     if n_tokens > emb.weight.shape[0]:
         # mean_resizing=False: we initialise the rows ourselves with SAMTok's rule below.

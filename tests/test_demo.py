@@ -8,8 +8,9 @@ import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 import rewards
-from samtok_rl import demo, grpo
-from samtok_rl.tokens import find_spans
+from samtok_rl import demo, grpo, loading
+from samtok_rl.parsing import find_span_codes
+from samtok_rl.tiny import resolve_model_path
 from samtok_rl.warmstart import sft_dataset, warm_start, warm_start_dir
 
 
@@ -25,7 +26,7 @@ def warm(recipe):
 
 
 def test_sft_dataset_is_prompt_completion_with_images(recipe):
-    dataset = grpo.load_dataset(*recipe[:2])
+    dataset = loading.load_dataset(*recipe[:2])
     sft = sft_dataset(dataset)
     assert sorted(sft.column_names) == ["completion", "image", "prompt"]
     assert isinstance(sft.features["image"], datasets.Image)
@@ -37,8 +38,8 @@ def test_sft_dataset_is_prompt_completion_with_images(recipe):
 
 
 def test_warm_start_is_cached_and_keyed(recipe, warm, tmp_path):
-    dataset = grpo.load_dataset(*recipe[:2])
-    base = grpo.resolve_model_path(recipe[2].model_name_or_path)
+    dataset = loading.load_dataset(*recipe[:2])
+    base = resolve_model_path(recipe[2].model_name_or_path)
     settings = (demo.WARM_START_STEPS, demo.WARM_START_LR, demo.WARM_START_BATCH)
     key = warm_start_dir(base, dataset, *settings, seed=0)
     assert key == warm
@@ -50,7 +51,7 @@ def test_warm_start_is_cached_and_keyed(recipe, warm, tmp_path):
 
 
 def test_warm_started_model_answers_with_mask_spans(recipe, warm):
-    dataset = grpo.load_dataset(*recipe[:2])
+    dataset = loading.load_dataset(*recipe[:2])
     model = AutoModelForImageTextToText.from_pretrained(warm).eval()
     processor = AutoProcessor.from_pretrained(warm)
     rows = [row for row in dataset.select(range(8)) if not row["no_target"]][:4]
@@ -61,7 +62,7 @@ def test_warm_started_model_answers_with_mask_spans(recipe, warm):
         with torch.no_grad():
             out = model.generate(**inputs, max_new_tokens=128, do_sample=False)
         completion = processor.tokenizer.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
-        good += bool(find_spans(completion)) and rewards.format_reward(None, [completion]) == [1.0]
+        good += bool(find_span_codes(completion)) and rewards.format_reward(None, [completion]) == [1.0]
     assert good >= len(rows) // 2, f"{good}/{len(rows)} greedy answers are formatted and hold a mask span"
 
 

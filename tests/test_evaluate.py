@@ -11,9 +11,10 @@ from PIL import Image
 
 from samtok_rl import evaluate as ev
 from samtok_rl.cli import main as cli_main
-from samtok_rl.data import decode_rle, read_grandf_gcg_gt, read_grefcoco, sample_paths
+from samtok_rl.data import read_grandf_gcg_gt, read_grefcoco, sample_paths
+from samtok_rl.masks import decode_rle
 from samtok_rl.metrics import gcg_metrics, gres_metrics
-from samtok_rl.prompts import OBJ_REF_END, OBJ_REF_START, gcg_caption
+from samtok_rl.parsing import OBJ_REF_END, OBJ_REF_START, gcg_caption
 from samtok_rl.tokens import format_mask
 
 
@@ -24,8 +25,8 @@ GOLDEN_FILES = (GOLDEN / "sam2_micro.yaml", GOLDEN / "state_dict.safetensors")
 def _mask_tokenizer_args() -> list[str]:
     """Golden A's real (micro) weights when present, else the seeded random micro tokenizer."""
     if all(p.is_file() for p in GOLDEN_FILES):
-        return ["--sam2-config", str(GOLDEN_FILES[0]), "--checkpoint", str(GOLDEN_FILES[1])]
-    return ["--mask-tokenizer", "micro"]
+        return ["--sam2_config", str(GOLDEN_FILES[0]), "--checkpoint", str(GOLDEN_FILES[1])]
+    return ["--mask_tokenizer", "micro"]
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +90,7 @@ def test_clean_output_strips_qwen3_think_and_eos():
 def test_cli_end_to_end_then_resume(tiny_vlm, tmp_path, capsys):
     out = tmp_path / "gres"
     argv = ["eval", "--task", "gres", "--sample", "--split", "train,val", "--limit", "3", "--model", str(tiny_vlm),
-            "--output-dir", str(out), "--max-new-tokens", "12", "--max-pixels", "12544", "--no-progress",
+            "--output_dir", str(out), "--max_new_tokens", "12", "--max_pixels", "12544", "--no_progress",
             *_mask_tokenizer_args()]  # fmt: skip
     assert cli_main(argv) == 0
     printed = capsys.readouterr().out
@@ -116,14 +117,14 @@ def test_cli_end_to_end_then_resume(tiny_vlm, tmp_path, capsys):
     assert json.dumps(again["splits"]) == json.dumps(metrics["splits"])
 
     # Different generation settings on the same folder are refused, not mixed in.
-    with pytest.raises(SystemExit, match="max_new_tokens"):
+    with pytest.raises(ValueError, match="max_new_tokens"):
         cli_main([a if a != "12" else "13" for a in argv])
 
 
 def test_cli_gcg_end_to_end(tiny_vlm, tmp_path, no_java):
     out = tmp_path / "gcg"
-    argv = ["eval", "--task", "gcg", "--sample", "--model", str(tiny_vlm), "--output-dir", str(out),
-            "--max-new-tokens", "8", "--max-pixels", "12544", "--limit", "1", "--no-progress",
+    argv = ["eval", "--task", "gcg", "--sample", "--model", str(tiny_vlm), "--output_dir", str(out),
+            "--max_new_tokens", "8", "--max_pixels", "12544", "--limit", "1", "--no_progress",
             *_mask_tokenizer_args()]  # fmt: skip
     assert cli_main(argv) == 0
     metrics = json.loads((out / "metrics.json").read_text())
@@ -154,10 +155,11 @@ class ReplayGenerator:
 
 
 def _args(task: str, out: Path, extra=()):
-    return ev.make_parser().parse_args(
-        ["--task", task, "--model", "replay", "--output-dir", str(out), "--sample", "--no-progress",
+    (config,) = ev.make_parser().parse_args_and_config(
+        ["--task", task, "--model", "replay", "--output_dir", str(out), "--sample", "--no_progress",
          "--split", "val", *_mask_tokenizer_args(), *extra]
     )  # fmt: skip
+    return config
 
 
 def test_gres_hand_written_predictions_match_direct_metrics(tmp_path, mask_tokenizer):

@@ -12,13 +12,13 @@ import yaml
 from transformers import AutoModelForImageTextToText
 
 from rewards import REWARDS
-from samtok_rl import grpo
+from samtok_rl import checks, grpo, loading
 from samtok_rl.prepare import prepare, read_source
 from samtok_rl.tiny import build_tiny_vlm
 
 
 ROOT = Path(__file__).resolve().parents[1]
-RECIPES = sorted(p for p in (ROOT / "recipes").rglob("*.yaml") if p.parent.name != "accelerate")
+RECIPES = sorted([*(ROOT / "recipes").glob("g*/*.yaml"), ROOT / "recipes" / "demo.yaml"])  # training recipes
 ACCELERATE = sorted((ROOT / "recipes" / "accelerate").glob("*.yaml"))
 
 # A 2-step run: 2 prompts x 2 generations of 8 tokens per step.
@@ -115,7 +115,7 @@ def test_rejects_lora_embedding_rows_with_vllm():
         ["--use_cpu", "--use_peft", "--lora_modules_to_save", "embed_tokens", "--use_vllm"]
     )
     with pytest.raises(ValueError, match="vLLM rejects LoRA adapters"):
-        grpo.make_peft_config(model_args, training_args)
+        loading.make_peft_config(model_args, training_args)
 
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: str(p.relative_to(ROOT / "recipes")))
@@ -161,7 +161,7 @@ def test_launch_config_dry_runs_and_refuses_in_run_token_adding(config, datasets
     dry = ["--config", str(recipe), "--dry_run", "--dataset", datasets_dir["gres"], "--use_cpu"]
     assert grpo.main(dry) is None
     sharded = config.stem in ("zero3", "fsdp2")
-    assert (grpo.sharded_launch(grpo.parse_args(dry)[1]) is not None) == sharded
+    assert (checks.sharded_launch(grpo.parse_args(dry)[1]) is not None) == sharded
     if sharded:
         with pytest.raises(ValueError, match="run `samtok-rl add-mask-tokens"):
             grpo.main([*dry, "--add_mask_tokens"])
@@ -189,10 +189,10 @@ def test_add_mask_tokens_command(tmp_path):
     processor.save_pretrained(tmp_path / "base")
     rows = base.get_input_embeddings().weight.shape[0]
     with pytest.raises(ValueError, match="missing from the tokenizer"):
-        grpo.check_mask_tokens(processor)
+        checks.check_mask_tokens(processor)
 
     out = add_tokens.main(["--model_name_or_path", str(tmp_path / "base"), "--output_dir", str(tmp_path / "mt")])
-    grpo.check_mask_tokens(AutoProcessor.from_pretrained(out))
+    checks.check_mask_tokens(AutoProcessor.from_pretrained(out))
     model = AutoModelForImageTextToText.from_pretrained(out)
     assert model.get_input_embeddings().weight.shape[0] == rows + len(MASK_TOKENS)
     with pytest.raises(FileExistsError, match="already holds a model"):  # never overwrites a model
@@ -206,7 +206,7 @@ def test_frozen_vision_count_reads_zero3_sizes():
     for p in model.model.visual.parameters():
         p.ds_numel = p.numel()
         p.data = torch.empty(0)
-    assert grpo.freeze_vision_tower(model) == real > 0
+    assert loading.freeze_vision_tower(model) == real > 0
 
 
 def test_bad_recipes_fail_clearly(datasets_dir):
@@ -220,18 +220,18 @@ def test_bad_recipes_fail_clearly(datasets_dir):
     with pytest.raises(ValueError, match="2 reward_weights for 4 rewards"):
         dry("--model_name_or_path", "x", "--reward_preset", "gres", "--reward_weights", "1", "1")
     with pytest.raises(ValueError, match="lacks columns"):
-        grpo.check_columns(read_source("gres", sample=True), [REWARDS["gres_mask_reward"]], ["gres_mask_reward"])
+        checks.check_columns(read_source("gres", sample=True), [REWARDS["gres_mask_reward"]], ["gres_mask_reward"])
 
 
 def test_mask_token_checks(tiny_models):
     from transformers import AddedToken, AutoProcessor
 
     processor = AutoProcessor.from_pretrained(tiny_models["qwen2_5_vl"])
-    grpo.check_mask_tokens(processor)
+    checks.check_mask_tokens(processor)
     # Re-adding one mask token as special: TRL's skip_special_tokens decode would now erase it.
     processor.tokenizer.add_tokens([AddedToken("<|mt_0007|>", special=True, normalized=False)], special_tokens=True)
     with pytest.raises(ValueError, match="are special"):
-        grpo.check_mask_tokens(processor)
+        checks.check_mask_tokens(processor)
 
 
 def test_resume_matches_uninterrupted_run(tmp_path, datasets_dir, tiny_models):

@@ -1,4 +1,4 @@
-"""Built-in rewards: every worked example of rewards.md §6 as literal completions -> exact scores, plus edge cases."""
+"""Built-in rewards: every worked example of SAMTok's RL reward rules as literal completions -> exact scores, plus edge cases."""
 
 import json
 import pickle
@@ -9,7 +9,9 @@ import pytest
 
 import rewards
 from rewards import PRESETS, REWARDS, bind_tokenizer, resolve
-from rewards.gres import graded_set_score, hungarian_set_score, no_target_score
+from rewards.gres import no_target_score
+from rewards.matching import graded_set_score, hungarian_set_score
+from samtok_rl.parsing import find_span_codes
 from samtok_rl.tokens import format_mask
 
 
@@ -26,6 +28,11 @@ def spans_of(names: str) -> list[str]:
     return [SPANS[n] for n in names.split()]
 
 
+def codes_of(names: str) -> list[tuple[str, str]]:
+    """The code pairs of the named spans, as the rewards compare them."""
+    return [code for span in spans_of(names) for code in find_span_codes(span)]
+
+
 def gres_gt(names: str) -> str:
     """The reference GRES answer text (the SFT answer format) for the given spans."""
     items = [{"mask_2d": s, "label": "object"} for s in spans_of(names)]
@@ -40,13 +47,13 @@ GCG_GT = f"{A} {ref('white pumpkin')}{A} lays on {ref('a jute bag')}{B}."
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# rewards.md §6: graded match, set accuracy
+# The reference rules' worked examples: graded match, set accuracy
 # ---------------------------------------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(("pred", "gt", "expected"), [("A", "A", 1.0), ("A'", "A", 0.4), ("A''", "A", 0.0)])
 def test_graded_match(pred, gt, expected):
-    assert graded_set_score(spans_of(pred), spans_of(gt)) == expected
+    assert graded_set_score(codes_of(pred), codes_of(gt)) == expected
 
 
 SET_TABLE = [
@@ -69,12 +76,10 @@ SET_TABLE = [
 
 @pytest.mark.parametrize(("pred", "gt", "expected"), SET_TABLE)
 def test_set_accuracy(pred, gt, expected):
-    pred_spans = spans_of(pred) if pred else []
-    gt_spans = spans_of(gt) if gt else []
-    assert graded_set_score(pred_spans, gt_spans) == pytest.approx(expected)
+    assert graded_set_score(codes_of(pred), codes_of(gt)) == pytest.approx(expected)
     # The same through the reward (GT as the reference answer text; an empty GT list is "```json\n[]\n```",
     # which keeps the set rule rather than the no-target rule).
-    response = f"<think>t</think><answer>{''.join(pred_spans)}</answer>"
+    response = f"<think>t</think><answer>{''.join(spans_of(pred))}</answer>"
     solution = gres_gt(gt) if gt else "```json\n[]\n```"
     assert rewards.gres_mask_reward(None, [response], solution=[solution]) == [pytest.approx(expected)]
 
@@ -85,7 +90,7 @@ def test_set_accuracy_missing_answer_part():
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# rewards.md §6: GRES totals (F + A + NR(think) + NR(answer))
+# Worked examples: GRES totals (F + A + NR(think) + NR(answer))
 # ---------------------------------------------------------------------------------------------------------------------
 
 GRES_TOTALS = [
@@ -114,7 +119,7 @@ def test_gres_totals(response, gt, parts):
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# rewards.md §6: no-target rule (on the full response)
+# Worked examples: no-target rule (on the full response)
 # ---------------------------------------------------------------------------------------------------------------------
 
 NO_TARGET_TABLE = [
@@ -143,7 +148,7 @@ def test_no_target_missing_response():
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# rewards.md §6: GCG
+# Worked examples: GCG
 # ---------------------------------------------------------------------------------------------------------------------
 
 GCG_TABLE = [
@@ -201,7 +206,7 @@ HUNGARIAN_TABLE = [
     ("A", "A", 1.0),
     ("A A", "A", 0.5),
     ("A A'", "A", 0.5),  # reference: 0.7
-    ("A A'", "A B", 0.5),  # reference: 0.7 (the hedge of rewards.md §7.1)
+    ("A A'", "A B", 0.5),  # reference rule: 0.7 (the hedge it rewards)
     ("A' A'", "A", 0.2),  # reference: 0.2; one-to-one: 0.4 / 2
     ("B A", "A B", 1.0),
     ("A' B", "A B", 0.7),
@@ -210,7 +215,7 @@ HUNGARIAN_TABLE = [
 
 @pytest.mark.parametrize(("pred", "gt", "expected"), HUNGARIAN_TABLE)
 def test_hungarian(pred, gt, expected):
-    assert hungarian_set_score(spans_of(pred), spans_of(gt)) == pytest.approx(expected)
+    assert hungarian_set_score(codes_of(pred), codes_of(gt)) == pytest.approx(expected)
     response = f"<think>t</think><answer>{''.join(spans_of(pred))}</answer>"
     assert rewards.gres_mask_reward_hungarian(None, [response], solution=[gres_gt(gt)]) == [pytest.approx(expected)]
 
@@ -333,7 +338,7 @@ def test_registry_names_and_presets():
 
 def test_resolve_three_forms(tmp_path):
     assert resolve("gres_mask_reward") is rewards.gres_mask_reward
-    assert resolve("rewards.gres.format_reward") is rewards.format_reward
+    assert resolve("rewards.format.format_reward") is rewards.format_reward
     example = Path(rewards.__file__).parent / "examples" / "length_penalty.py"
     penalty = resolve(f"{example}:length_penalty_reward")
     assert penalty(None, ["a", "b"], completion_ids=[[1] * 512, [1]]) == [-1.0, 0.0]
@@ -410,7 +415,7 @@ def test_ids_and_text_give_identical_scores(processor):
     # Unbound GCG rewards score TRL's text, which has lost the phrase markers.
     gcg_text = trl_text[len(gres)]
     assert rewards.gcg_mask_reward(None, [gcg_text], completion_ids=[ids[len(gres)]], solution=[GCG_GT]) == [0.0]
-    # A kept EOS zeroes the full-match format rule on text (rewards.md §2); decoded ids drop it.
+    # A kept EOS zeroes the full-match format rule on text (the rule is a full match); decoded ids drop it.
     with_eos = [tok(f"<think>t</think><answer>{A}</answer><|im_end|>", add_special_tokens=False)["input_ids"]]
     assert bind_tokenizer(rewards.format_reward, processor)(None, ["x"], completion_ids=with_eos) == [1.0]
 

@@ -5,7 +5,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from rewards import REWARDS, bind_tokenizer
-from rewards.gres import _FORMAT_RE, is_formatted
+from rewards.format import _FORMAT_RE, is_formatted
 from samtok_rl.tokens import format_mask
 
 

@@ -21,8 +21,9 @@ from transformers import (  # noqa: E402
 )
 from transformers.trainer_utils import align_special_tokens  # noqa: E402
 
+from samtok_rl.parsing import parse_mask_ids  # noqa: E402
 from samtok_rl.tiny import KINDS, QWEN_SPECIAL_TOKENS, build_tiny_vlm, load_tiny_vlm, tiny_vlm_dir  # noqa: E402
-from samtok_rl.tokens import MASK_TOKENS, MaskTokenIds, format_mask, parse_mask_ids  # noqa: E402
+from samtok_rl.tokens import MASK_TOKENS, MaskTokenIds, format_mask  # noqa: E402
 
 
 CLASSES = {

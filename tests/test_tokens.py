@@ -7,17 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from samtok_rl.tokens import (
-    MASK_END,
-    MASK_START,
-    MASK_TOKENS,
-    MaskTokenIds,
-    find_spans,
-    format_mask,
-    format_masks,
-    parse_mask_ids,
-    parse_masks,
-)
+from samtok_rl.parsing import find_span_codes, parse_mask_ids, parse_masks, split_think_answer
+from samtok_rl.tokens import MASK_END, MASK_START, MASK_TOKENS, MaskTokenIds, format_mask, format_masks
 
 
 codes = st.integers(min_value=0, max_value=255)
@@ -50,7 +41,7 @@ def test_roundtrip_all_codes(a, b):
     span = format_mask(a, b)
     assert parse_masks(span) == [(a, b)]
     assert parse_masks(span, repair=False) == [(a, b)]
-    assert find_spans(f"x {span} y") == [span]
+    assert find_span_codes(f"x {span} y") == [(f"{a:04d}", f"{256 + b:04d}")]
 
 
 def test_roundtrip_exhaustive_level_pairs():
@@ -108,7 +99,7 @@ def test_stray_codes_outside_spans_are_ignored():
 
 
 def test_non_strings_give_empty():
-    assert parse_masks(None) == [] and parse_masks(b"<|mt_start|>") == [] and find_spans(3) == []
+    assert parse_masks(None) == [] and parse_masks(b"<|mt_start|>") == [] and find_span_codes(3) == []
 
 
 fragments = st.sampled_from(
@@ -276,7 +267,6 @@ tagged = st.lists(st.sampled_from(["<think>", "</think>", "<answer>", "</answer>
 def test_split_think_answer_matches_reference_regexes(text):
     import re
 
-    from samtok_rl.prompts import split_think_answer
 
     m_think = re.search(r"<think>(.*?)</think>", text, re.DOTALL)
     m_answer = re.search(r"<answer>(.*?)</answer>", text, re.DOTALL)

@@ -5,58 +5,14 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
-import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_utils
+
+from samtok_rl.masks import merge_rles
 
 
 class DataError(ValueError):
     """A malformed input row. The message names the file, the row and the field at fault."""
-
-
-def rle_from_mask(mask: np.ndarray) -> dict:
-    """Encode one binary mask as a JSON-ready compressed COCO RLE.
-
-    Args:
-        mask (`np.ndarray`): `(H, W)` boolean or 0/1 array.
-
-    Returns:
-        `dict`: `{"size": [H, W], "counts": str}`.
-
-    Example:
-    >>> rle_from_mask(np.eye(2, dtype=bool))
-    {'size': [2, 2], 'counts': '0120'}
-    """
-    # pycocotools wants Fortran-ordered uint8: RLE runs go down the columns.
-    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-    return {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("utf-8")}
-
-
-def _coco_rle(rle: dict) -> dict:
-    """The pycocotools view of a JSON compressed RLE (counts as bytes)."""
-    counts = rle["counts"]
-    return {"size": list(rle["size"]), "counts": counts.encode("utf-8") if isinstance(counts, str) else counts}
-
-
-def decode_rle(rle: dict) -> np.ndarray:
-    """Decode one compressed COCO RLE (JSON form, `counts` as `str`) to an `(H, W)` bool array."""
-    return mask_utils.decode(_coco_rle(rle)).astype(bool)
-
-
-def merge_rles(rles: list[dict]) -> dict:
-    """Union of compressed RLEs of one size, returned in JSON form."""
-    merged = mask_utils.merge([_coco_rle(r) for r in rles], intersect=0)
-    return {"size": [int(s) for s in merged["size"]], "counts": merged["counts"].decode("utf-8")}
-
-
-def rle_area(rle: dict) -> int:
-    return int(mask_utils.area(_coco_rle(rle)))
-
-
-def rle_box_centre(rle: dict) -> tuple[float, float]:
-    """Centre `(x, y)` of the mask's bounding box, the key of SAMTok's left-to-right, top-to-bottom target order."""
-    x, y, w, h = mask_utils.toBbox(_coco_rle(rle)).tolist()
-    return x + w / 2, y + h / 2
 
 
 def segmentation_to_rle(segmentation, height: int, width: int, where: str) -> dict | None:

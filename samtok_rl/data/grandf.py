@@ -12,8 +12,9 @@ from pathlib import Path
 
 import datasets
 
-from samtok_rl.data._common import DataError, ImageSizes, Skipped, check_rle, merge_rles, rle_area
+from samtok_rl.data._common import DataError, ImageSizes, Skipped, check_rle
 from samtok_rl.data.grefcoco import RLE, _load_json
+from samtok_rl.masks import merge_rles, rle_area
 
 
 GCG_FEATURES = datasets.Features(

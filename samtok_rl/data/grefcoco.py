@@ -12,14 +12,8 @@ from pathlib import Path
 
 import datasets
 
-from samtok_rl.data._common import (
-    DataError,
-    ImageSizes,
-    Skipped,
-    rle_area,
-    rle_box_centre,
-    segmentation_to_rle,
-)
+from samtok_rl.data._common import DataError, ImageSizes, Skipped, segmentation_to_rle
+from samtok_rl.masks import rle_area, rle_box_centre
 
 
 RLE = {"size": datasets.List(datasets.Value("int64")), "counts": datasets.Value("string")}

@@ -11,7 +11,7 @@ become a mask again. The SAM 2.1 parts (Hiera + FPN image encoder, prompt encode
 - the decode path, which appends the summed code embedding as an extra sparse prompt token and, unlike upstream
   `SAM2Base._forward_sam_heads`, keeps the logits when the object score is <= 0.
 
-Numerics follow the original `VQ_SAM2` exactly (see `shared/reference/samtok.md`): PIL bicubic square resize,
+Numerics follow the original `VQ_SAM2` (SAMTok's `vq_sam2.py`) exactly: PIL bicubic square resize,
 boxes from `masks_to_boxes / [W, H, W, H]` given as two points with labels 2/3, a missing code (-1) read as that
 level's code 0, bilinear upsampling and `logits > 0.5`, fp32 on CPU and bf16 autocast on CUDA.
 
@@ -19,9 +19,11 @@ Importing this package does not import `sam2`: `import sam2` initialises Hydra g
 moment a model is built.
 
 Layout: `modules` (the SAMTok modules), `image` (image conversion and resize), `checkpoint` (state-dict files, sam2
-configs), `tokenizer` (`MaskTokenizer`), `micro` (the seeded random micro tokenizer).
+configs), `tokenizer` (`MaskTokenizer`), `micro` (the seeded random micro tokenizer), `build`
+(`build_mask_tokenizer`: micro, a folder, a Hub id or a YAML + checkpoint pair, and the device rule).
 """
 
+from samtok_rl.mask_tokenizer.build import MICRO, build_mask_tokenizer, check_mask_tokenizer_source, default_device
 from samtok_rl.mask_tokenizer.checkpoint import (
     CHECKPOINT_NAME,
     DEFAULT_SAM2_CONFIG,
@@ -29,7 +31,7 @@ from samtok_rl.mask_tokenizer.checkpoint import (
     CheckpointMismatchError,
 )
 from samtok_rl.mask_tokenizer.image import resize_image
-from samtok_rl.mask_tokenizer.micro import MICRO, build_micro_mask_tokenizer, load_mask_tokenizer
+from samtok_rl.mask_tokenizer.micro import build_micro_mask_tokenizer
 from samtok_rl.mask_tokenizer.modules import MaskEncoder, ResidualQuantizer, VQCodebook
 from samtok_rl.mask_tokenizer.tokenizer import MaskTokenizer
 
@@ -44,7 +46,9 @@ __all__ = [
     "MaskTokenizer",
     "ResidualQuantizer",
     "VQCodebook",
+    "build_mask_tokenizer",
     "build_micro_mask_tokenizer",
-    "load_mask_tokenizer",
+    "check_mask_tokenizer_source",
+    "default_device",
     "resize_image",
 ]

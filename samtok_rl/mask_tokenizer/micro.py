@@ -12,8 +12,9 @@ def _make_random_weights_informative(tokenizer: MaskTokenizer, generator: torch.
     """Apply the golden reference data's weight recipe so random weights give non-degenerate masks and codes.
 
     Default initialisation leaves LayerNorms and position embeddings constant (so they have no effect) and keeps
-    the decoded logits below the 0.5 threshold. As in `shared/golden/vq_sam2_micro_a`: constant multi-element
-    float parameters get N(0, 0.1^2) noise, then a few prompt/decoder tensors are rescaled.
+    the decoded logits below the 0.5 threshold. The recipe (the one the golden reference outputs of the original code
+    were made with): constant multi-element float parameters get N(0, 0.1^2) noise, then a few prompt/decoder
+    tensors are rescaled.
     """
     with torch.no_grad():
         for param in tokenizer.parameters():
@@ -52,25 +53,3 @@ def build_micro_mask_tokenizer(seed: int = 0, device: str | torch.device = "cpu"
     generator = torch.Generator().manual_seed(seed + 1)
     _make_random_weights_informative(tokenizer, generator)
     return tokenizer.to(device)
-
-
-# The name that selects the seeded micro tokenizer wherever a mask tokenizer is named (recipes, CLIs).
-MICRO = "micro"
-
-
-def load_mask_tokenizer(
-    name: str, device: str | torch.device | None = None, drop_memory_modules: bool = False
-) -> MaskTokenizer:
-    """Load the mask tokenizer a recipe or command line names: `micro` (the seeded micro tokenizer, seed 0, so every
-    command that says `micro` means the same weights) or a SAMTok folder / checkpoint / Hub id for
-    `MaskTokenizer.from_pretrained`. `device` defaults to CUDA when available.
-
-    Example:
-    >>> load_mask_tokenizer("micro", device="cpu").quantizer.codebook_size
-    256
-    """
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == MICRO:
-        return build_micro_mask_tokenizer(seed=0, device=device)
-    return MaskTokenizer.from_pretrained(name, device=device, drop_memory_modules=drop_memory_modules)

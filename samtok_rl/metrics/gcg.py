@@ -1,6 +1,6 @@
 """GCG (GranD-f) metrics, reproducing the GLaMM evaluator that Sa2VA and SAMTok use unchanged.
 
-Reference: mbzuai-oryx/groundingLMM `eval/gcg/evaluate.py`; see `shared/reference/metrics.md` §3. Masks go through
+Reference: mbzuai-oryx/groundingLMM `eval/gcg/evaluate.py` (the GLaMM GCG evaluator). Masks go through
 pycocotools (RLE, IoU, COCOeval) and captions through pycocoevalcap, exactly as there. The differences are listed in
 [`gcg_metrics`]'s docstring.
 """
@@ -17,6 +17,8 @@ import numpy as np
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
+
+from samtok_rl.masks import coco_rle, rle_from_mask
 
 from .text_similarity import BertTextSimilarity
 
@@ -65,8 +67,7 @@ def _to_rle(mask: Any, where: str) -> dict:
     arr = np.asarray(mask)
     if arr.ndim != 2:
         raise ValueError(f"gcg_metrics: {where}: expected an (H, W) mask, got shape {arr.shape}")
-    # pycocotools encodes column-major uint8.
-    return mask_utils.encode(np.asfortranarray(arr.astype(np.uint8)))
+    return coco_rle(rle_from_mask(arr))
 
 
 def _iou_matrix(rows: list[dict], cols: list[dict]) -> np.ndarray:

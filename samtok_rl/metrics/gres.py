@@ -1,7 +1,7 @@
 """GRES (gRefCOCO) metrics with ReLA's accounting, as SAMTok's GRES eval applies it.
 
 Reference: henghuiding/ReLA `gres_model/evaluation/refer_evaluation.py` and the `metric()` function of SAMTok's
-`qwen3vl_gres_eval.py` (bytedance/Sa2VA). The two agree; see `shared/reference/metrics.md` §1.
+`qwen3vl_gres_eval.py` (bytedance/Sa2VA). The two agree (the tests check every branch by hand).
 """
 
 from collections.abc import Iterable, Sequence

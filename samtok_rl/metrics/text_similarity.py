@@ -4,6 +4,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import torch
+from transformers import AutoModel, AutoTokenizer
 
 
 class BertTextSimilarity:
@@ -37,16 +39,11 @@ class BertTextSimilarity:
         self._cache: dict[str, np.ndarray] = {}
 
     def _load(self) -> None:
-        # Imported here so that importing samtok_rl.metrics stays cheap and needs no torch for GRES.
-        from transformers import AutoModel, AutoTokenizer
-
         self._tokenizer = AutoTokenizer.from_pretrained(self.model_name_or_path)
         self._model = AutoModel.from_pretrained(self.model_name_or_path).to(self.device).eval()
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         """Mean-pooled last hidden states, `(len(texts), hidden_size)` float32."""
-        import torch
-
         missing = [t for t in dict.fromkeys(texts) if t not in self._cache]
         if missing:
             if self._model is None:

@@ -1,0 +1,76 @@
+"""samtok-rl's own training-recipe fields; everything else in a recipe is TRL's `GRPOConfig` or `ModelConfig`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+__all__ = ["SAMPLE_PREFIX", "SamtokScriptArguments"]
+
+# `dataset: sample:gres` (or `sample:gcg`) prepares the bundled real-photo sample on the fly, so the CPU demo and the
+# tests need no data files (`model_name_or_path: tiny:qwen2_5_vl` does the same for the model: `samtok_rl.tiny`).
+SAMPLE_PREFIX = "sample:"
+
+
+@dataclass
+class SamtokScriptArguments:
+    """samtok-rl's own recipe fields (everything else is `GRPOConfig` or `ModelConfig`)."""
+
+    dataset: str | None = field(
+        default=None,
+        metadata={
+            "help": "A folder written by `samtok-rl prepare`, or `sample:gres` / `sample:gcg` to prepare the bundled "
+            "sample on the fly (with `mask_tokenizer`)."
+        },
+    )
+    reward_preset: str | None = field(
+        default=None,
+        metadata={
+            "help": "`gres` or `gcg`: the reference reward set (see `rewards.PRESETS`); `reward_funcs` are added "
+            "after the preset's rewards, and `reward_weights` (default all 1.0) follow that order."
+        },
+    )
+    reward_funcs: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "Rewards (after the preset's): names from `rewards.REWARDS`, `pkg.module.fn` or `path/file.py:fn`."
+        },
+    )
+    mask_tokenizer: str | None = field(
+        default=None,
+        metadata={
+            "help": "SAMTok mask tokenizer for pixel rewards (IoU) and for preparing `sample:` datasets: a SAMTok "
+            "model folder or Hub id holding mask_tokenizer_256x2.pth, or `micro` (seeded micro weights, demo only)."
+        },
+    )
+    repetition_limit: int = field(
+        default=3,
+        metadata={"help": "Most occurrences of one mask span allowed by the repetition rewards (the reference: 3)."},
+    )
+    max_pixels: int | None = field(
+        default=None,
+        metadata={"help": "Upper bound on image pixels given to the image processor (Qwen: 2048*28*28 = 1605632)."},
+    )
+    min_pixels: int | None = field(
+        default=None, metadata={"help": "Lower bound on image pixels given to the image processor."}
+    )
+    freeze_vision_tower: bool = field(
+        default=True, metadata={"help": "Freeze the vision tower (and its merger), as the reference RL does."}
+    )
+    add_mask_tokens: bool = field(
+        default=False,
+        metadata={
+            "help": "Add the 514 mask tokens when the model lacks them (a base model, not a SAMTok checkpoint). The "
+            "resized model is saved to `<output_dir>/base_with_mask_tokens` and trained from there. Single-process "
+            "runs only: distributed recipes run `samtok-rl add-mask-tokens` beforehand."
+        },
+    )
+    max_train_samples: int | None = field(
+        default=None, metadata={"help": "Keep only the first N dataset rows (debugging)."}
+    )
+    dry_run: bool = field(
+        default=False,
+        metadata={
+            "help": "Validate the recipe (rewards, dataset columns, batch arithmetic) and exit without training."
+        },
+    )

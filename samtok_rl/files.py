@@ -1,0 +1,50 @@
+"""Small file helpers every module shares: the cache root, atomic writes and folder publication, opening images."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from PIL import Image
+
+
+__all__ = ["cache_dir", "open_rgb", "publish_dir", "write_json_atomic"]
+
+
+def cache_dir(name: str) -> Path:
+    """`$SAMTOK_RL_CACHE/<name>`, else `~/.cache/samtok_rl/<name>`: where built models and prepared samples are kept.
+
+    Example:
+    >>> cache_dir("tiny").name
+    'tiny'
+    """
+    root = os.environ.get("SAMTOK_RL_CACHE")
+    return (Path(root) if root else Path.home() / ".cache" / "samtok_rl") / name
+
+
+def write_json_atomic(path: Path, payload: dict) -> None:
+    """Write `payload` as JSON so that a crash leaves the old file or the new one, never half of one."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=1))
+    os.replace(tmp, path)  # atomic on POSIX
+
+
+def publish_dir(tmp: Path, final: Path) -> None:
+    """Move a finished folder into place in one step (same filesystem).
+
+    A rename onto a non-empty folder fails: when another process published the same build first, its folder stays
+    (the builds are deterministic, so it is as good); any other failure is raised.
+    """
+    tmp.chmod(0o755)  # mkdtemp folders are private; cached checkpoints are read like any other
+    try:
+        os.rename(tmp, final)
+    except OSError:
+        if not final.is_dir():
+            raise
+
+
+def open_rgb(path: str | Path) -> Image.Image:
+    """Read an image file as RGB (the file is closed before returning)."""
+    with Image.open(path) as image:
+        return image.convert("RGB")

@@ -1,0 +1,143 @@
+"""Loading what a training run needs: the policy (a folder, a Hub id or `tiny:`), its processor, the dataset."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from pathlib import Path
+
+import datasets
+from transformers import AutoModelForImageTextToText, AutoProcessor
+from trl import get_peft_config
+
+from samtok_rl.configs import SAMPLE_PREFIX
+from samtok_rl.data import sample_paths
+from samtok_rl.files import cache_dir
+from samtok_rl.mask_tokenizer import build_mask_tokenizer
+from samtok_rl.prepare import load_prepared, prepare, read_source
+from samtok_rl.tokens import add_mask_tokens
+
+
+logger = logging.getLogger(__name__)
+
+# The language model's attention projections: LoRA stays off the vision tower (frozen, and vLLM applies LoRA to the
+# language model only) and off the embeddings / lm_head (vLLM rejects adapters that carry those rows).
+DEFAULT_LORA_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj)"
+
+
+def sample_dir(task: str, mask_tokenizer: str) -> Path:
+    """Where `sample:<task>` is prepared: `$SAMTOK_RL_CACHE/prepared/` (else `~/.cache/samtok_rl/prepared/`).
+
+    The preparation is resumable and fingerprinted, so later runs reuse the folder instantly. The folder name carries
+    a hash of the sample's location: the prepared rows store absolute image paths, so two checkouts (or installs)
+    must not share one cache folder.
+    """
+    tag = re.sub(r"[^\w.-]", "_", mask_tokenizer)  # a Hub id or path as one folder name
+    where = hashlib.sha256(str(sample_paths().root.resolve()).encode()).hexdigest()[:10]
+    return cache_dir("prepared") / f"sample-{task}-{tag}-{where}"
+
+
+def load_dataset(script_args, training_args):
+    """Load the prepared dataset (or prepare the bundled sample) and cast `image` paths to PIL images."""
+    name = script_args.dataset
+    if name is None:
+        raise ValueError("no dataset: set `dataset` to a `samtok-rl prepare` folder or to sample:gres / sample:gcg")
+    if name.startswith(SAMPLE_PREFIX):
+        task = name.removeprefix(SAMPLE_PREFIX)
+        if script_args.mask_tokenizer is None:
+            raise ValueError(f"dataset {name!r} is prepared on the fly and needs `mask_tokenizer` (e.g. micro)")
+        out = sample_dir(task, script_args.mask_tokenizer)
+        with training_args.main_process_first(desc="prepare the bundled sample"):
+            dataset = prepare(
+                read_source(task, sample=True),
+                task,
+                out,
+                lambda: build_mask_tokenizer(script_args.mask_tokenizer),
+                tokenizer_id=script_args.mask_tokenizer,
+                progress=False,
+            )
+    else:
+        if not Path(name).is_dir():
+            raise ValueError(f"dataset folder {name!r} does not exist; run `samtok-rl prepare --output {name}` first")
+        dataset = load_prepared(name)
+    if script_args.max_train_samples is not None:
+        dataset = dataset.select(range(min(script_args.max_train_samples, len(dataset))))
+    # TRL hands PIL images to the processor and to the rewards: decode the stored paths lazily.
+    return dataset.cast_column("image", datasets.Image())
+
+
+def load_processor(path: str, script_args, model_args, training_args):
+    """Load the processor with left padding and the recipe's pixel limits; run the tokenizer checks."""
+    processor = AutoProcessor.from_pretrained(
+        path,
+        revision=model_args.model_revision,
+        trust_remote_code=training_args.trust_remote_code,
+        padding_side="left",
+    )
+    if processor.tokenizer.padding_side != "left":
+        # Right padding silently misaligns mm_token_type_ids with TRL's left-padded prompts (no crash).
+        raise ValueError(f"the tokenizer pads on the {processor.tokenizer.padding_side}; GRPO needs left padding")
+    size = processor.image_processor.size
+    if script_args.max_pixels is not None:
+        size["longest_edge"] = script_args.max_pixels
+    if script_args.min_pixels is not None:
+        size["shortest_edge"] = script_args.min_pixels
+    return processor
+
+
+def load_model(path: str, model_args, training_args):
+    """Load the VLM with the Auto class from `path` (a folder or Hub id), so TRL and vLLM can reload it by name."""
+    return AutoModelForImageTextToText.from_pretrained(
+        path,
+        revision=model_args.model_revision,
+        dtype=model_args.dtype,
+        attn_implementation=model_args.attn_implementation,
+        trust_remote_code=training_args.trust_remote_code,
+        **(training_args.model_init_kwargs or {}),
+    )
+
+
+def add_mask_tokens_and_save(path: str, script_args, model_args, training_args) -> str:
+    """Add the mask tokens to a base model, save the resized model + processor, and return the saved folder.
+
+    TRL rebuilds the reference model (beta > 0) and colocated vLLM loads the policy from `name_or_path`, so the
+    resized embeddings must exist on disk before training starts.
+    """
+    out = Path(training_args.output_dir) / "base_with_mask_tokens"
+    with training_args.main_process_first(desc="add mask tokens"):
+        if not (out / "config.json").is_file():
+            logger.warning("adding the 514 SAMTok mask tokens to %s (a base model); saving it to %s", path, out)
+            processor = load_processor(path, script_args, model_args, training_args)
+            model = load_model(path, model_args, training_args)
+            add_mask_tokens(processor, model, seed=training_args.seed)
+            model.save_pretrained(out)
+            processor.save_pretrained(out)
+    return str(out)
+
+
+def freeze_vision_tower(model) -> int:
+    """Freeze the vision tower (patch embedding, blocks, merger); returns the number of frozen parameters."""
+    model.model.visual.requires_grad_(False)
+    # Under ZeRO-3 each parameter is an empty placeholder on every rank; DeepSpeed keeps the full size in ds_numel.
+    return sum(p.ds_numel if hasattr(p, "ds_numel") else p.numel() for p in model.model.visual.parameters())
+
+
+def make_peft_config(model_args, training_args):
+    """TRL's LoRA config, targeting the language model's attention by default; mask-token rows stay frozen."""
+    if model_args.lora_target_modules is None:
+        model_args.lora_target_modules = DEFAULT_LORA_TARGETS
+    saved = model_args.lora_modules_to_save or []
+    rows = [m for m in saved if "embed" in m or "lm_head" in m]
+    if rows and training_args.use_vllm:
+        raise ValueError(
+            f"lora_modules_to_save={rows}: vLLM rejects LoRA adapters that carry embedding/lm_head rows "
+            "(vllm-project/vllm#9280). Train the mask-token rows with a full fine-tune instead."
+        )
+    if not rows:
+        logger.warning(
+            "LoRA mode: the embedding and lm_head rows of the 514 mask tokens stay frozen (vLLM cannot take adapters "
+            "carrying them); only the LoRA adapters on %s train.",
+            model_args.lora_target_modules,
+        )
+    return get_peft_config(model_args)
