@@ -56,9 +56,28 @@ def completion_texts(completions, completion_ids=None) -> list[str | None]:
     return [completion_text(c) for c in completions]
 
 
-def applies(task, i: int, name: str) -> bool:
-    """Whether row `i` belongs to task `name`: in mixed-task datasets a task-specific reward returns None elsewhere."""
-    return task is None or task[i] == name
+def task_rows(texts: list[str | None], solution, task, name: str):
+    """`(index, text, reference answer)` of the rows a reward of task `name` scores: rows of that task (all rows
+    without a `task` column; in mixed-task datasets the others get `None`) that have a reference answer."""
+    for i, text in enumerate(texts):
+        if (task is None or task[i] == name) and isinstance(solution[i], str):
+            yield i, text, solution[i]
+
+
+def score_rows(
+    task_name: str, score, completions, completion_ids, solution, task, log_metric=None, monitor=None
+) -> list[float | None]:
+    """What every task reward does around its rule: read the texts, skip rows of other tasks or without a reference
+    answer (`None`), log the task's monitors, and score each remaining row with `score(text_or_None, solution)`."""
+    texts = completion_texts(completions, completion_ids)
+    if solution is None:
+        return [None] * len(texts)
+    if log_metric is not None and monitor is not None:
+        monitor(log_metric, texts, solution, task)
+    scores: list[float | None] = [None] * len(texts)
+    for i, text, reference in task_rows(texts, solution, task, task_name):
+        scores[i] = score(text, reference)
+    return scores
 
 
 @lru_cache(maxsize=_CACHE_SIZE)

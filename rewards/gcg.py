@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from rewards._text import applies, completion_texts, pairs
+from rewards._text import pairs, score_rows, task_rows
 from rewards.matching import grade, graded_set_score
 
 
@@ -41,17 +41,11 @@ def _grounded_score(pred: tuple, gt: tuple) -> float:
     return credit / max(len(pred), len(gt))
 
 
-def _gcg_scores(texts, solution, task, score: Callable[[tuple, tuple], float]) -> list[float | None]:
-    rewards: list[float | None] = []
-    for i, text in enumerate(texts):
-        gt = solution[i]
-        if not applies(task, i, "gcg") or not isinstance(gt, str):
-            rewards.append(None)
-        elif text is None:
-            rewards.append(0.0)  # a missing response scores 0 in every GCG rule
-        else:
-            rewards.append(score(pairs(text), pairs(gt)))
-    return rewards
+def _row_score(pairs_score: Callable[[tuple, tuple], float]):
+    def score(text: str | None, solution: str) -> float:
+        return 0.0 if text is None else pairs_score(pairs(text), pairs(solution))  # a missing response scores 0
+
+    return score
 
 
 def _mask_score(pred: tuple, gt: tuple) -> float:
@@ -61,6 +55,9 @@ def _mask_score(pred: tuple, gt: tuple) -> float:
 def _pairs_phrase_score(pred: tuple, gt: tuple) -> float:
     # A pair with an empty phrase contributes a mask key but no phrase.
     return _phrase_score([p for p, _ in pred if p], [p for p, _ in gt if p])
+
+
+_MASK, _PHRASE, _GROUNDED = map(_row_score, (_mask_score, _pairs_phrase_score, _grounded_score))
 
 
 def gcg_mask_reward(
@@ -82,12 +79,7 @@ def gcg_mask_reward(
     >>> gcg_mask_reward(None, [gt, swapped, f"A {ref('white pumpkin')}{a1} on {ref('a jute bag')}{b}."], solution=[gt] * 3)
     [1.0, 1.0, 0.7]
     """
-    texts = completion_texts(completions, completion_ids)
-    if solution is None:
-        return [None] * len(texts)
-    if log_metric is not None:
-        _log_gcg_monitors(log_metric, texts, solution, task)
-    return _gcg_scores(texts, solution, task, _mask_score)
+    return score_rows("gcg", _MASK, completions, completion_ids, solution, task, log_metric, _log_gcg_monitors)
 
 
 def gcg_phrase_reward(
@@ -106,10 +98,7 @@ def gcg_phrase_reward(
     >>> gcg_phrase_reward(None, [f"{ref('White  Pumpkin')}{a}", f"{ref('white pumpkin')} and {ref('a jute bag')}"], solution=[gt] * 2)
     [0.5, 0.0]
     """
-    texts = completion_texts(completions, completion_ids)
-    if solution is None:
-        return [None] * len(texts)
-    return _gcg_scores(texts, solution, task, _pairs_phrase_score)
+    return score_rows("gcg", _PHRASE, completions, completion_ids, solution, task)
 
 
 def gcg_grounded_reward(
@@ -130,18 +119,12 @@ def gcg_grounded_reward(
     >>> gcg_grounded_reward(None, [gt, swapped, f"A {ref('White Pumpkin')}{a}."], solution=[gt] * 3)
     [1.0, 0.0, 0.5]
     """
-    texts = completion_texts(completions, completion_ids)
-    if solution is None:
-        return [None] * len(texts)
-    return _gcg_scores(texts, solution, task, _grounded_score)
+    return score_rows("gcg", _GROUNDED, completions, completion_ids, solution, task)
 
 
 def _log_gcg_monitors(log_metric, texts, solution, task) -> None:
     n = n_pred = n_gt = n_dup = 0
-    for i, text in enumerate(texts):
-        gt = solution[i]
-        if not applies(task, i, "gcg") or not isinstance(gt, str):
-            continue
+    for _, text, gt in task_rows(texts, solution, task, "gcg"):
         n += 1
         pred = [codes for _, codes in pairs(text or "")]
         n_pred += len(pred)

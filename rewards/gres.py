@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from functools import lru_cache
 
-from rewards._text import applies, completion_texts, spans, split
+from rewards._text import score_rows, spans, split, task_rows
 from rewards.matching import CodeTarget, graded_set_score, hungarian_set_score
 from samtok_rl.parsing import NO_TARGET, has_mask_fragment
 from samtok_rl.tokens import MASK_START
@@ -54,24 +54,19 @@ def no_target_score(text: str | None) -> float:
     return 1.0 if NO_TARGET in text else 0.2
 
 
-def _gres_scores(
-    texts: list[str | None], solution, task, set_score: Callable[[Sequence[tuple[str, str]], CodeTarget], float]
-) -> list[float | None]:
-    rewards: list[float | None] = []
-    for i, text in enumerate(texts):
-        gt = solution[i]
-        if not applies(task, i, "gres") or not isinstance(gt, str):
-            rewards.append(None)
-            continue
-        indexed = target(gt)
+def _row_score(set_score: Callable[[Sequence[tuple[str, str]], CodeTarget], float]):
+    def score(text: str | None, solution: str) -> float:
+        indexed = target(solution)
         if indexed is None:
-            rewards.append(no_target_score(text))
-        elif text is None:
-            rewards.append(0.0)
-        else:
-            answer = split(text)[1]
-            rewards.append(0.0 if answer is None else set_score(spans(answer), indexed))
-    return rewards
+            return no_target_score(text)
+        answer = None if text is None else split(text)[1]
+        return 0.0 if answer is None else set_score(spans(answer), indexed)
+
+    return score
+
+
+_GRADED = _row_score(graded_set_score)
+_HUNGARIAN = _row_score(hungarian_set_score)
 
 
 def log_gres_monitors(log_metric: Callable[[str, float], None], texts: list[str | None], solution, task) -> None:
@@ -85,10 +80,7 @@ def log_gres_monitors(log_metric: Callable[[str, float], None], texts: list[str 
     """
     n = n_pred = n_gt = n_dup = n_open = n_malformed = 0
     n_nt = n_nt_masks = n_t = n_t_said_nt = 0
-    for i, text in enumerate(texts):
-        gt = solution[i]
-        if not applies(task, i, "gres") or not isinstance(gt, str):
-            continue
+    for _, text, gt in task_rows(texts, solution, task, "gres"):
         n += 1
         text = text or ""
         answer = split(text)[1]
@@ -151,12 +143,7 @@ def gres_mask_reward(
     >>> gres_mask_reward(None, ["<answer>No target.</answer>", "<answer></answer>"], solution=["No target."] * 2)
     [1.0, 0.2]
     """
-    texts = completion_texts(completions, completion_ids)
-    if solution is None:
-        return [None] * len(texts)
-    if log_metric is not None:
-        log_gres_monitors(log_metric, texts, solution, task)
-    return _gres_scores(texts, solution, task, graded_set_score)
+    return score_rows("gres", _GRADED, completions, completion_ids, solution, task, log_metric, log_gres_monitors)
 
 
 def gres_mask_reward_hungarian(
@@ -175,11 +162,6 @@ def gres_mask_reward_hungarian(
     >>> gres_mask_reward(None, [hedge], solution=[gt]), gres_mask_reward_hungarian(None, [hedge], solution=[gt])
     ([0.7], [0.5])
     """
-    texts = completion_texts(completions, completion_ids)
-    if solution is None:
-        return [None] * len(texts)
-    if log_metric is not None:
-        log_gres_monitors(log_metric, texts, solution, task)
-    return _gres_scores(texts, solution, task, hungarian_set_score)
+    return score_rows("gres", _HUNGARIAN, completions, completion_ids, solution, task, log_metric, log_gres_monitors)
 
 

@@ -12,7 +12,7 @@ import os
 from transformers.integrations import is_deepspeed_zero3_enabled
 
 from samtok_rl.prepare import PREPARED_FEATURES
-from samtok_rl.tokens import MASK_TOKENS, format_mask
+from samtok_rl.tokens import MASK_TOKENS, format_mask, missing_mask_tokens
 
 
 def required_columns(funcs) -> set[str]:
@@ -39,14 +39,14 @@ def check_columns(dataset, funcs, specs) -> None:
 
 def check_mask_tokens(processor) -> None:
     """Raise unless the 514 mask tokens exist, are non-special and survive TRL's `skip_special_tokens=True` decode."""
-    tok = processor.tokenizer
-    vocab = tok.get_vocab()
-    missing = [t for t in MASK_TOKENS if t not in vocab]
+    missing = missing_mask_tokens(processor)
     if missing:
         raise ValueError(
             f"{len(missing)} of the 514 SAMTok mask tokens are missing from the tokenizer (first: {missing[0]!r}). "
             "Start from a SAMTok checkpoint, or set `add_mask_tokens: true` to add them to a base model."
         )
+    tok = processor.tokenizer
+    vocab = tok.get_vocab()
     special = [t for t in MASK_TOKENS if tok.added_tokens_decoder[vocab[t]].special]
     if special:
         raise ValueError(

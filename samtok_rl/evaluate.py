@@ -82,20 +82,14 @@ class Sample:
     image_id: str = ""  # gcg (GranD-f file stem)
 
 
-def _first_dir(candidates: Sequence[Path], what: str) -> Path:
+def _first(candidates: Sequence[Path], what: str, folder: bool = False) -> Path:
+    """The first existing candidate file (or folder); the error lists every place tried."""
     for path in candidates:
-        if path.is_dir():
+        if path.is_dir() if folder else path.is_file():
             return path
     tried = "\n  ".join(str(p) for p in candidates)
-    raise ValueError(f"cannot find the {what}; tried:\n  {tried}\nname it with `images`")
-
-
-def _first_file(candidates: Sequence[Path], what: str) -> Path:
-    for path in candidates:
-        if path.is_file():
-            return path
-    tried = "\n  ".join(str(p) for p in candidates)
-    raise ValueError(f"cannot find {what}; tried:\n  {tried}")
+    hint = "\nname it with `images`" if folder else ""
+    raise ValueError(f"cannot find {what}; tried:\n  {tried}{hint}")
 
 
 def read_split(task: str, data: Path, split: str, images: Path | None = None):
@@ -111,21 +105,23 @@ def read_split(task: str, data: Path, split: str, images: Path | None = None):
 
     data = Path(data)
     if task == "gres":
-        refs = _first_file([data / "grefs(unc).json", data / "grefcoco" / "grefs(unc).json"], "grefs(unc).json")
+        refs = _first([data / "grefs(unc).json", data / "grefcoco" / "grefs(unc).json"], "grefs(unc).json")
         root = refs.parent
-        image_dir = images or _first_dir(
+        image_dir = images or _first(
             [root / "images" / "train2014", root / "images", root / "train2014", root / "coco2014" / "train2014",
              root.parent / "images"],
-            "gRefCOCO image folder (COCO train2014)",
+            "the gRefCOCO image folder (COCO train2014)",
+            folder=True,
         )  # fmt: skip
         return read_grefcoco(refs, root / "instances.json", image_dir, splits=split)
     names = (f"{split}_gcg_coco_caption_gt.json", f"{split}_gcg_coco_mask_gt.json")
     folders = [data / "annotations" / "val_test", data / "val_test", data]
-    caption_file = _first_file([f / names[0] for f in folders], names[0])
-    image_dir = images or _first_dir(
+    caption_file = _first([f / names[0] for f in folders], names[0])
+    image_dir = images or _first(
         [data / "GranDf_HA_images" / "val_test", data / "images" / "val_test", data / "images" / "grandf" / "val_test",
          data / "images", data.parent / "images"],
-        "GranD-f val_test image folder",
+        "the GranD-f val_test image folder",
+        folder=True,
     )  # fmt: skip
     return read_grandf_gcg_gt(caption_file, caption_file.parent / names[1], image_dir)
 

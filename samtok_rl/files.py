@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 from PIL import Image
 
 
-__all__ = ["cache_dir", "open_rgb", "publish_dir", "write_json_atomic"]
+__all__ = ["cache_dir", "open_rgb", "save_checkpoint", "write_json_atomic"]
 
 
 def cache_dir(name: str) -> Path:
@@ -30,18 +32,27 @@ def write_json_atomic(path: Path, payload: dict) -> None:
     os.replace(tmp, path)  # atomic on POSIX
 
 
-def publish_dir(tmp: Path, final: Path) -> None:
-    """Move a finished folder into place in one step (same filesystem).
+def save_checkpoint(model, processor, final: Path) -> Path:
+    """Save a model and its processor to `final` in one step: written beside it, then renamed into place.
 
-    A rename onto a non-empty folder fails: when another process published the same build first, its folder stays
-    (the builds are deterministic, so it is as good); any other failure is raised.
+    A crash never leaves a half-written checkpoint that later runs would take for a finished one. A rename onto a
+    non-empty folder fails: when another process published the same build first, its folder stays (the cached builds
+    are deterministic, so it is as good); any other failure is raised.
     """
-    tmp.chmod(0o755)  # mkdtemp folders are private; cached checkpoints are read like any other
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
     try:
-        os.rename(tmp, final)
-    except OSError:
-        if not final.is_dir():
-            raise
+        model.save_pretrained(tmp)
+        processor.save_pretrained(tmp)
+        tmp.chmod(0o755)  # mkdtemp folders are private; cached checkpoints are read like any other
+        try:
+            os.rename(tmp, final)
+        except OSError:
+            if not final.is_dir():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
 
 
 def open_rgb(path: str | Path) -> Image.Image:

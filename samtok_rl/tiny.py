@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import importlib.resources
 import json
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -43,7 +41,7 @@ from transformers import (
 )
 from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
 
-from samtok_rl.files import cache_dir, publish_dir
+from samtok_rl.files import cache_dir, save_checkpoint
 from samtok_rl.tokens import add_mask_tokens
 
 
@@ -305,17 +303,8 @@ def build_tiny_vlm(kind: str = "qwen2_5_vl", root: str | Path | None = None, see
     final = tiny_vlm_dir(kind, root, seed)
     if final.is_dir():
         return final
-    final.parent.mkdir(parents=True, exist_ok=True)
     processor = build_tiny_processor(kind)
-    model = _build_model(kind, processor, seed)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
-    try:
-        model.save_pretrained(tmp)
-        processor.save_pretrained(tmp)
-        publish_dir(tmp, final)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return final
+    return save_checkpoint(_build_model(kind, processor, seed), processor, final)
 
 
 def resolve_model_path(name_or_path: str) -> str:

@@ -66,6 +66,12 @@ def format_masks(codes: Iterable[Sequence[int]]) -> list[str]:
     return [format_mask(row[0], row[1]) for row in codes]
 
 
+def missing_mask_tokens(tokenizer) -> list[str]:
+    """The mask tokens `tokenizer` (a tokenizer or a processor) lacks, in vocabulary order."""
+    vocab = _text_tokenizer(tokenizer).get_vocab()
+    return [t for t in MASK_TOKENS if t not in vocab]
+
+
 @dataclass(frozen=True)
 class MaskTokenIds:
     """The token ids of the 514 mask tokens in one tokenizer (looked up by string, never by arithmetic).
@@ -83,14 +89,13 @@ class MaskTokenIds:
     @classmethod
     def from_tokenizer(cls, tokenizer) -> MaskTokenIds:
         """Look the mask tokens up in `tokenizer` (a tokenizer or a processor); raises if any is missing."""
-        tok = _text_tokenizer(tokenizer)
-        vocab = tok.get_vocab()
-        missing = [t for t in MASK_TOKENS if t not in vocab]
+        missing = missing_mask_tokens(tokenizer)
         if missing:
             raise ValueError(
                 f"{len(missing)} mask tokens are missing from the tokenizer (first: {missing[0]!r}); "
                 "call samtok_rl.tokens.add_mask_tokens first"
             )
+        vocab = _text_tokenizer(tokenizer).get_vocab()
         number = {vocab[f"<|mt_{n:04d}|>"]: n for n in range(CODEBOOK_SIZE * NUM_LEVELS)}
         return cls(start=vocab[MASK_START], end=vocab[MASK_END], number=number)
 

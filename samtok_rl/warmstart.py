@@ -31,7 +31,7 @@ import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor
 from trl import SFTConfig, SFTTrainer
 
-from samtok_rl.files import cache_dir, publish_dir
+from samtok_rl.files import cache_dir, save_checkpoint
 
 
 __all__ = ["WARMSTART_VERSION", "completion_text", "sft_dataset", "warm_start", "warm_start_dir"]
@@ -166,10 +166,7 @@ def warm_start(
         model = trainer.model.eval()
         model.generation_config = generation_config
         model.config.use_cache = True  # the Trainer turns the KV cache off for training
-        save = tmp / "model"
-        model.save_pretrained(save)
-        processor.save_pretrained(save)
-        publish_dir(save, final)
+        save_checkpoint(model, processor, final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return final

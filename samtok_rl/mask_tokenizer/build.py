@@ -80,7 +80,9 @@ def build_mask_tokenizer(
     check_mask_tokenizer_source(source, sam2_config, checkpoint)
     device = default_device() if device is None else device
     if checkpoint is not None:
-        return MaskTokenizer.from_files(sam2_config, checkpoint, device=device, drop_memory_modules=drop_memory_modules)
+        return MaskTokenizer.from_files(
+            sam2_config, checkpoint, device=device, drop_memory_modules=drop_memory_modules
+        )
     if str(source) == MICRO:
         return build_micro_mask_tokenizer(seed=0, device=device)
     return MaskTokenizer.from_pretrained(source, device=device, drop_memory_modules=drop_memory_modules)

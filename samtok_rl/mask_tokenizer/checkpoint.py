@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
+from safetensors.torch import load_file
 
 
 if TYPE_CHECKING:
@@ -32,8 +33,6 @@ class CheckpointMismatchError(RuntimeError):
 def _load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
     """Flat tensor dict from a `.pth` (weights_only) or `.safetensors` file."""
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
         return load_file(str(path), device="cpu")
     state = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(state, dict):
@@ -44,6 +43,10 @@ def _load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
 def _format_keys(keys: Sequence[str], limit: int = 50) -> str:
     shown = ", ".join(keys[:limit])
     return f"{shown}, ... and {len(keys) - limit} more" if len(keys) > limit else shown
+
+
+# sam2, hydra and omegaconf are imported inside the builders on purpose: `import sam2` initialises Hydra globally,
+# so importing samtok_rl.mask_tokenizer must not do it (only building a model does).
 
 
 def _read_config(sam2_config: str | Path):

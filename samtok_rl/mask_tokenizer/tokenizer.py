@@ -12,7 +12,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 import torch.nn.functional as F
+from huggingface_hub import hf_hub_download
+from safetensors.torch import save_file
 from torch import nn
+from torchvision.ops import masks_to_boxes
 
 from samtok_rl.mask_tokenizer.checkpoint import (
     CHECKPOINT_NAME,
@@ -206,8 +209,6 @@ class MaskTokenizer(nn.Module):
         elif path.is_file():
             checkpoint = path
         else:
-            from huggingface_hub import hf_hub_download
-
             checkpoint = Path(hf_hub_download(repo_id=str(name_or_dir), filename=CHECKPOINT_NAME))
         return cls.from_files(
             sam2_config, checkpoint, device=device, drop_memory_modules=drop_memory_modules, **kwargs
@@ -262,8 +263,6 @@ class MaskTokenizer(nn.Module):
         path.parent.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
         if path.suffix == ".safetensors":
-            from safetensors.torch import save_file
-
             save_file(state, str(path))
         else:
             torch.save(state, path)
@@ -345,8 +344,6 @@ class MaskTokenizer(nn.Module):
         Raises:
             `ValueError`: a mask is empty (SAMTok needs its box), or the masks' size differs from the image's.
         """
-        from torchvision.ops import masks_to_boxes
-
         rgb = _as_rgb(image)
         height, width = rgb.shape[:2]
         masks = torch.as_tensor(np.asarray(masks)) if not isinstance(masks, torch.Tensor) else masks
