@@ -43,6 +43,8 @@ bench: $(STAMP)
 	$(PY) benchmarks/mask_decode.py
 	$(PY) benchmarks/rewards.py
 	$(PY) benchmarks/trainer_overhead.py
+	$(PY) benchmarks/parsing.py
+	$(PY) benchmarks/weight_sync.py
 
 # Rebuild the bundled real-photo sample from the images shipped in the scikit-image and imgaug wheels.
 sample: $(STAMP)
