@@ -21,7 +21,8 @@ TRL 1.16's `VLLMGeneration` has three gaps for Qwen-VL policies, all closed here
 
 It also syncs only what trains: the first sync sends every weight (so an engine started from dummy weights is
 right), later ones only the parameters of modules with trainable parameters (the frozen vision tower stays as vLLM
-loaded it from the same checkpoint). A weight the engine refuses stops training with a one-line error naming it.
+loaded it from the same checkpoint); with sleep mode, which discards vLLM's weights, every sync stays full. A weight
+the engine refuses stops training with a one-line error naming it.
 
 The overridden TRL methods (`VLLMGeneration._init_vllm`, `generate`, `_place_features`, `_iter_named_params`,
 `sync_weights`) were written against `TRL_VERSION`; `tests/test_trl_pins.py` fails when TRL changes them, so the
@@ -190,8 +191,10 @@ class OnPolicyVLLMGeneration(VLLMGeneration):
     def _iter_named_params(self):
         """TRL's parameter walk (gathers included on every process), keeping only what changed since the last sync."""
         sent = 0
+        # Sleep level 2 discards vLLM's weights between generations, frozen ones included: then every sync is full.
+        keep = None if self.enable_sleep_mode else self._sync_prefixes
         for name, param in super()._iter_named_params():
-            if self._sync_prefixes is None or name.rsplit(".", 1)[0] in self._sync_prefixes:
+            if keep is None or name.rsplit(".", 1)[0] in keep:
                 sent += param.numel() * param.element_size()
                 yield name, param
         self.last_sync_bytes = sent

@@ -41,3 +41,26 @@ def test_engine_gets_the_trainers_dtype_and_pixel_limits():
     assert engine_kwargs_for(processor, SimpleNamespace(bf16=True, fp16=False), fp32)["dtype"] == "bfloat16"
     kwargs = engine_kwargs_for(processor, SimpleNamespace(bf16=False, fp16=False), fp32)
     assert kwargs == {"dtype": "float32", "mm_processor_kwargs": {"min_pixels": 784, "max_pixels": 1605632}}
+
+
+def _walker(model, enable_sleep_mode: bool):
+    """`OnPolicyVLLMGeneration`'s weight walk without an engine: TRL's own walk over `model` on one CPU process."""
+    from accelerate import Accelerator
+    from trl.distributed import DistributedBackend
+
+    from samtok_rl.vllm_rollouts import OnPolicyVLLMGeneration
+
+    generation = OnPolicyVLLMGeneration.__new__(OnPolicyVLLMGeneration)
+    generation.model, generation._dist = model, DistributedBackend(Accelerator(cpu=True))
+    generation.enable_sleep_mode, generation._sync_prefixes = enable_sleep_mode, synced_module_prefixes(model)
+    return generation
+
+
+def test_later_syncs_skip_the_frozen_tower_unless_sleep_mode_dropped_it():
+    model, _ = load_tiny_vlm("qwen2_5_vl")
+    model.model.visual.requires_grad_(False)
+    everything = {n for n, _ in model.named_parameters()}
+    sent = {n for n, _ in _walker(model, enable_sleep_mode=False)._iter_named_params()}
+    assert sent == {n for n in everything if not n.startswith("model.visual.")}
+    # Sleep level 2 frees vLLM's weights after every generation: each sync must bring the frozen ones back too.
+    assert {n for n, _ in _walker(model, enable_sleep_mode=True)._iter_named_params()} == everything
