@@ -27,6 +27,7 @@ from rewards.format import RepetitionReward, format_reward, get_repetition_rewar
 from rewards.gcg import gcg_grounded_reward, gcg_mask_reward, gcg_phrase_reward
 from rewards.gres import gres_mask_reward, gres_mask_reward_hungarian
 from rewards.iou import MaskIoUReward, get_mask_iou_reward
+from samtok_rl.errors import UsageError
 
 
 __all__ = [
@@ -96,7 +97,7 @@ def resolve(spec: str | Callable) -> Callable:
     >>> resolve("no_such_reward")
     Traceback (most recent call last):
     ...
-    ValueError: unknown reward 'no_such_reward'; known: format_reward, gcg_grounded_reward, gcg_mask_reward, gcg_phrase_reward, gres_mask_reward, gres_mask_reward_hungarian, mask_iou_reward, repetition_answer_reward, repetition_reward, repetition_think_reward (or give 'pkg.module.fn' or 'path/to/file.py:fn')
+    samtok_rl.errors.UsageError: unknown reward 'no_such_reward'; known: format_reward, gcg_grounded_reward, gcg_mask_reward, gcg_phrase_reward, gres_mask_reward, gres_mask_reward_hungarian, mask_iou_reward, repetition_answer_reward, repetition_reward, repetition_think_reward (or give 'pkg.module.fn' or 'path/to/file.py:fn')
     """
     if callable(spec):
         return spec
@@ -107,7 +108,7 @@ def resolve(spec: str | Callable) -> Callable:
         module_name = f"rewards_plugin_{Path(path).stem}"
         module_spec = importlib.util.spec_from_file_location(module_name, path)
         if module_spec is None or not Path(path).is_file():
-            raise FileNotFoundError(f"reward file not found: {path}")
+            raise UsageError(f"reward file not found: {path}")
         module = importlib.util.module_from_spec(module_spec)
         sys.modules[module_name] = module
         module_spec.loader.exec_module(module)
@@ -115,7 +116,7 @@ def resolve(spec: str | Callable) -> Callable:
     if "." in spec:
         module_name, _, name = spec.rpartition(".")
         return getattr(importlib.import_module(module_name), name)
-    raise ValueError(
+    raise UsageError(
         f"unknown reward {spec!r}; known: {', '.join(sorted(REWARDS))} (or give 'pkg.module.fn' or 'path/to/file.py:fn')"
     )
 
@@ -161,12 +162,12 @@ def get_reward_funcs(specs: list[str], mask_tokenizer=None, repetition_limit: in
         try:
             func = resolve(spec)
         except (ValueError, ImportError, AttributeError, FileNotFoundError) as err:
-            raise ValueError(f"reward {spec!r} does not resolve: {err}") from err
+            raise UsageError(f"reward {spec!r} does not resolve: {err}") from err
         if isinstance(func, RepetitionReward):
             func = get_repetition_reward(limit=repetition_limit, part=func.part)
         elif isinstance(func, MaskIoUReward) and not func.configured:
             if mask_tokenizer is None:
-                raise ValueError(f"reward {spec!r} decodes masks: set `mask_tokenizer` in the recipe")
+                raise UsageError(f"reward {spec!r} decodes masks: set `mask_tokenizer` in the recipe")
             func = get_mask_iou_reward(mask_tokenizer)
         funcs.append(func)
     return funcs

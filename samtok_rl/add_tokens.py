@@ -18,6 +18,7 @@ from pathlib import Path
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from samtok_rl.cli import config_parser
+from samtok_rl.errors import UsageError
 from samtok_rl.logs import setup_logging
 from samtok_rl.tokens import MASK_TOKENS, add_mask_tokens
 
@@ -44,7 +45,7 @@ def add_mask_tokens_to_model(args: AddMaskTokensArguments) -> Path:
     """
     out = Path(args.output_dir)
     if (out / "config.json").exists():
-        raise FileExistsError(f"{out} already holds a model (config.json); choose another output_dir")
+        raise UsageError(f"{out} already holds a model (config.json); choose another output_dir")
     processor = AutoProcessor.from_pretrained(args.model_name_or_path, trust_remote_code=args.trust_remote_code)
     model = AutoModelForImageTextToText.from_pretrained(
         args.model_name_or_path, dtype=args.dtype, trust_remote_code=args.trust_remote_code

@@ -1,16 +1,23 @@
 """Start-up checks of a training run: what would otherwise break SAMTok RL silently, or hours in.
 
-Each raises `ValueError` with one line naming the culprit before any model weight is loaded (except the tokenizer
-checks, which need the processor).
+Each raises `UsageError` with one line naming the culprit before any model weight is loaded (except the tokenizer
+checks, which need the processor). They all run in `--dry_run` too.
 """
 
 from __future__ import annotations
 
 import inspect
 import os
+import re
+from pathlib import Path
 
 from transformers.integrations import is_deepspeed_zero3_enabled
+from transformers.trainer_utils import get_last_checkpoint
 
+import rewards
+from samtok_rl.errors import UsageError
+from samtok_rl.files import check_local_path
+from samtok_rl.mask_tokenizer import CHECKPOINT_NAME, MICRO
 from samtok_rl.prepare import PREPARED_FEATURES
 from samtok_rl.tokens import MASK_TOKENS, format_mask, missing_mask_tokens
 
@@ -31,7 +38,7 @@ def check_columns(dataset, funcs, specs) -> None:
     needed = {"prompt", "image"} | required_columns(funcs)
     missing = sorted(needed - set(dataset.column_names))
     if missing:
-        raise ValueError(
+        raise UsageError(
             f"the dataset lacks columns {missing} needed by the prompt/image input or by the rewards {specs}; "
             f"it has {dataset.column_names}. Prepare it with `samtok-rl prepare`."
         )
@@ -41,7 +48,7 @@ def check_mask_tokens(processor) -> None:
     """Raise unless the 514 mask tokens exist, are non-special and survive TRL's `skip_special_tokens=True` decode."""
     missing = missing_mask_tokens(processor)
     if missing:
-        raise ValueError(
+        raise UsageError(
             f"{len(missing)} of the 514 SAMTok mask tokens are missing from the tokenizer (first: {missing[0]!r}). "
             "Start from a SAMTok checkpoint, or set `add_mask_tokens: true` to add them to a base model."
         )
@@ -49,14 +56,14 @@ def check_mask_tokens(processor) -> None:
     vocab = tok.get_vocab()
     special = [t for t in MASK_TOKENS if tok.added_tokens_decoder[vocab[t]].special]
     if special:
-        raise ValueError(
+        raise UsageError(
             f"{len(special)} mask tokens are special (first: {special[0]!r}): TRL decodes completions with "
             "skip_special_tokens=True, so the rewards would see them as ''. Re-add them as non-special tokens."
         )
     span = format_mask(123, 45)
     ids = tok(span, add_special_tokens=False)["input_ids"]
     if len(ids) != 4 or tok.decode(ids, skip_special_tokens=True) != span:
-        raise ValueError(f"a mask span does not round-trip through the tokenizer: {span!r} -> {ids}")
+        raise UsageError(f"a mask span does not round-trip through the tokenizer: {span!r} -> {ids}")
 
 
 def sharded_launch(training_args) -> str | None:
@@ -75,17 +82,115 @@ def check_add_mask_tokens(script_args, training_args) -> None:
     sharded = sharded_launch(training_args)
     if sharded or training_args.world_size > 1:
         where = sharded or f"{training_args.world_size} processes"
-        raise ValueError(
+        raise UsageError(
             f"add_mask_tokens cannot run under {where} (the embedding is resized and saved from one process): "
             "run `samtok-rl add-mask-tokens --model_name_or_path <base> --output_dir <dir>` once, then train with "
             "model_name_or_path: <dir> and add_mask_tokens: false"
         )
 
 
+def check_rewards_package() -> None:
+    """A `rewards.py` (or `rewards/`) in the working directory shadows samtok-rl's reward package on import."""
+    if not hasattr(rewards, "get_reward_funcs"):
+        raise UsageError(
+            f"{getattr(rewards, '__file__', rewards)} shadows samtok-rl's `rewards` package: rename it (a user reward "
+            "is named in the recipe as path/to/file.py:function)"
+        )
+
+
+def check_training_values(training_args) -> None:
+    """Values TRL accepts but that make a run meaningless (a negative KL weight trains away from the reference)."""
+    rules = [
+        ("beta", training_args.beta, training_args.beta >= 0, ">= 0"),
+        ("learning_rate", training_args.learning_rate, training_args.learning_rate > 0, "> 0"),
+        ("temperature", training_args.temperature, training_args.temperature > 0, "> 0"),
+        ("max_completion_length", training_args.max_completion_length, training_args.max_completion_length > 0, "> 0"),
+        ("num_generations", training_args.num_generations, training_args.num_generations >= 2, ">= 2"),
+        ("top_p", training_args.top_p, 0 < training_args.top_p <= 1, "in (0, 1]"),
+        ("epsilon", training_args.epsilon, training_args.epsilon >= 0, ">= 0"),
+    ]
+    for name, value, ok, rule in rules:
+        if not ok:
+            raise UsageError(f"{name} must be {rule}, got {value!r}")
+
+
+def check_model_source(name: str | None) -> None:
+    """A model named as a local folder must exist and hold a `config.json` (else it would be sent to the Hub)."""
+    if name is None:
+        raise UsageError("no model: set `model_name_or_path` (a SAMTok checkpoint folder or Hub id)")
+    check_local_path(name, "model_name_or_path")
+    path = Path(name).expanduser()
+    if path.is_dir() and not (path / "config.json").is_file():
+        raise UsageError(f"model_name_or_path {name!r} is a folder without config.json: not a model checkpoint")
+
+
+def check_mask_tokenizer_files(name: str | None) -> None:
+    """A mask tokenizer named as a local path must be there now, not at the first decoded mask."""
+    if name is None or name == MICRO:
+        return
+    check_local_path(name, "mask_tokenizer")
+    path = Path(name).expanduser()
+    if path.is_dir() and not (path / CHECKPOINT_NAME).is_file():
+        raise UsageError(f"mask_tokenizer folder {name!r} has no {CHECKPOINT_NAME}")
+
+
+def resolve_resume(training_args) -> str | None:
+    """The checkpoint a run resumes from (`None`: a fresh run), after refusing what would mix or lose runs.
+
+    - `resume_from_checkpoint: true` means the last `checkpoint-N` of `output_dir` (an error when there is none);
+    - a checkpoint folder must hold the model (`config.json`, or `adapter_config.json` for LoRA), `trainer_state.json`
+      and the optimizer state, so that a resume is the run it continues, not a silently restarted optimizer;
+    - a fresh run into an `output_dir` that holds checkpoints or a trained model of an earlier run is refused: it
+      would overwrite some of them and leave the others beside its own.
+    """
+    value = training_args.resume_from_checkpoint
+    out = Path(training_args.output_dir)
+    last = get_last_checkpoint(str(out)) if out.is_dir() else None
+    if value is None or str(value).lower() in ("false", "none", ""):
+        if last is not None or (out / "config.json").is_file() or (out / "adapter_config.json").is_file():
+            held = f"checkpoints (last: {Path(last).name})" if last else "a trained model"
+            raise UsageError(
+                f"output_dir {str(out)!r} holds {held} of an earlier run: continue it with --resume_from_checkpoint "
+                "true, or choose another output_dir"
+            )
+        return None
+    if str(value).lower() == "true":
+        if last is None:
+            raise UsageError(f"resume_from_checkpoint true: output_dir {str(out)!r} holds no checkpoint-N folder")
+        checkpoint = Path(last)
+    else:
+        checkpoint = Path(str(value)).expanduser()
+        if not checkpoint.is_dir():
+            raise UsageError(f"resume_from_checkpoint {str(value)!r} is not a folder")
+    if not ((checkpoint / "config.json").is_file() or (checkpoint / "adapter_config.json").is_file()):
+        raise UsageError(
+            f"checkpoint {str(checkpoint)!r} has no config.json (nor adapter_config.json): not a checkpoint"
+        )
+    has_optimizer = (checkpoint / "optimizer.pt").is_file() or any(checkpoint.glob("global_step*"))
+    for needed, present in (("trainer_state.json", (checkpoint / "trainer_state.json").is_file()),
+                            ("optimizer state (optimizer.pt)", has_optimizer)):  # fmt: skip
+        if not present:
+            raise UsageError(f"checkpoint {str(checkpoint)!r} has no {needed}: resuming would restart it silently")
+    return str(checkpoint)
+
+
+def check_tasks(dataset, specs: list[str]) -> None:
+    """Task rewards (`gres_*`, `gcg_*`) need rows of their task, else they would score nothing (`None`) silently."""
+    tasks = set(dataset.unique("task")) if "task" in dataset.column_names else set()
+    for spec in specs:
+        task = re.match(r"(gres|gcg)_", spec.rsplit(":", 1)[-1].rsplit(".", 1)[-1])
+        if task and tasks and task.group(1) not in tasks:
+            raise UsageError(
+                f"reward {spec!r} scores {task.group(1)} rows but the dataset holds only {sorted(tasks)} rows: "
+                f"use the {sorted(tasks)[0]} preset or another dataset"
+            )
+
+
 def check_recipe(script_args, training_args, model_args) -> None:
-    """The recipe-level rules that need neither the data nor the model."""
-    if model_args.model_name_or_path is None:
-        raise ValueError("no model: set `model_name_or_path` (a SAMTok checkpoint folder or Hub id)")
+    """The recipe-level rules that need neither the data nor the model weights."""
+    check_model_source(model_args.model_name_or_path)
+    check_mask_tokenizer_files(script_args.mask_tokenizer)
     if model_args.use_peft and training_args.beta > 0 and training_args.sync_ref_model:
-        raise ValueError("sync_ref_model does not work with PEFT")
+        raise UsageError("sync_ref_model does not work with PEFT")
+    check_training_values(training_args)
     check_add_mask_tokens(script_args, training_args)

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 
 from trl import TrlParser
+
+from samtok_rl.errors import UsageError
 
 
 # subcommand -> (module, one-line help)
@@ -57,7 +60,8 @@ def config_parser(dataclass_types, prog: str, description: str | None = None) ->
 def _usage() -> str:
     lines = ["usage: samtok-rl {prepare,train,eval,add-mask-tokens} [--config FILE.yaml] [args...]", "", "subcommands:"]
     lines += [f"  {name:<16} {text}" for name, (_, text) in SUBCOMMANDS.items()]
-    lines += ["", "Run `samtok-rl <subcommand> --help` for its options."]
+    lines += ["", "Run `samtok-rl <subcommand> --help` for its options. Errors in what you give are reported in one line;",
+              "`--debug` (or SAMTOK_RL_DEBUG=1) shows their traceback."]  # fmt: skip
     return "\n".join(lines)
 
 
@@ -88,7 +92,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"samtok-rl {command}: {module_name} is not available in this installation ({err})", file=sys.stderr)
         return 1
-    module.main(rest)
+    debug = "--debug" in rest or os.environ.get("SAMTOK_RL_DEBUG", "") not in ("", "0")
+    try:
+        module.main([arg for arg in rest if arg != "--debug"])
+    except UsageError as err:
+        if debug:
+            raise
+        # A problem with the user's input: one line, no traceback (bugs keep theirs).
+        print(f"samtok-rl {command}: error: {err}", file=sys.stderr)
+        return 2
     return 0
 
 

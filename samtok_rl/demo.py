@@ -13,6 +13,7 @@ and nothing learns).
 
 from __future__ import annotations
 
+import shutil
 import sys
 import time
 from collections.abc import Sequence
@@ -116,6 +117,11 @@ def main(argv: Sequence[str] | None = None):
         ["--config", str(DEMO_RECIPE), *argv]
     )
     setup_logging()
+    out = Path(training_args.output_dir)
+    if training_args.resume_from_checkpoint is None and out.is_dir():
+        # The demo starts over each time (a training run into a used output_dir is refused otherwise).
+        print(f"samtok-rl demo: replacing the previous demo run in {out}")
+        shutil.rmtree(out)
     warm = None
     if demo_args.warm_start_steps > 0:
         warm = warm_start_model(

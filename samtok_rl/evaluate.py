@@ -29,11 +29,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
-from transformers import set_seed
+from transformers import AutoTokenizer, set_seed
 
 from samtok_rl.cli import config_parser
 from samtok_rl.data import read_grandf_gcg_gt, read_grefcoco, sample_paths
-from samtok_rl.files import open_rgb
+from samtok_rl.errors import UsageError
+from samtok_rl.files import check_local_path, open_rgb
 from samtok_rl.generation import HFGenerator, VLLMGenerator, resolve_backend
 from samtok_rl.logs import setup_logging
 from samtok_rl.mask_tokenizer import build_mask_tokenizer, check_mask_tokenizer_source, default_device
@@ -48,8 +49,9 @@ from samtok_rl.metrics import (
     union_masks,
 )
 from samtok_rl.parsing import GRES_MAX_SPANS, clean_output, parse_gcg_output, parse_gres
-from samtok_rl.prompts import GCG_QUESTION, GRES_TEMPLATE, gcg_question, gres_question
+from samtok_rl.prompts import GCG_QUESTION, GRES_TEMPLATE, check_template, gcg_question, gres_question
 from samtok_rl.tiny import resolve_model_path
+from samtok_rl.tokens import missing_mask_tokens
 
 
 logger = logging.getLogger(__name__)
@@ -89,7 +91,7 @@ def _first(candidates: Sequence[Path], what: str, folder: bool = False) -> Path:
             return path
     tried = "\n  ".join(str(p) for p in candidates)
     hint = "\nname it with `images`" if folder else ""
-    raise ValueError(f"cannot find {what}; tried:\n  {tried}{hint}")
+    raise UsageError(f"cannot find {what}; tried:\n  {tried}{hint}")
 
 
 def read_split(task: str, data: Path, split: str, images: Path | None = None):
@@ -161,7 +163,7 @@ def read_jsonl(path: Path) -> list[dict]:
             records.append(json.loads(line))
         except json.JSONDecodeError:
             if k != len(lines) - 1:
-                raise ValueError(f"{path}: line {k + 1} is not valid JSON") from None
+                raise UsageError(f"{path}: line {k + 1} is not valid JSON") from None
             logger.warning("%s: dropping a torn last line (interrupted run)", path)
             path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
     return records
@@ -346,7 +348,7 @@ def evaluate(args: EvalConfig, generator=None, text_similarity=None, mask_tokeni
         rows_by_split[split] = [dict(r, id=s.id) for r, s in zip(rows, samples)]
         samples_by_split[split] = samples
         if not samples:
-            raise ValueError(f"split {split!r} of {data} has no samples")
+            raise UsageError(f"split {split!r} of {data} has no samples")
 
     # Predictions already on disk, first record per id (the resume key).
     done: dict[str, dict[str, dict]] = {}
@@ -365,26 +367,29 @@ def evaluate(args: EvalConfig, generator=None, text_similarity=None, mask_tokeni
     has_predictions = any(p.stat().st_size for p in out_dir.glob("predictions_*.jsonl"))
     if previous is not None and has_predictions and previous != settings:
         changed = sorted(k for k in settings if previous.get(k) != settings[k])
-        raise ValueError(
+        raise UsageError(
             f"{out_dir} holds predictions made with other settings ({', '.join(changed)}); use another output_dir"
         )
     owned = generator is None and num_todo > 0  # a generator this call builds is also closed by it
+    if num_todo:
+        # Before the generation engine starts (minutes with vLLM): a bad mask tokenizer fails now, not after it.
+        mask_tokenizer = mask_tokenizer or build_mask_tokenizer(
+            None if args.checkpoint else args.mask_tokenizer_source, args.sam2_config, args.checkpoint, device,
+            drop_memory_modules=True,
+        )
     if owned:
+        check_model_writes_masks(args.model)
         generator = _make_generator(args, backend, device, max_new_tokens)
     if generator is not None:
         # The processor's own reading of the resolution bounds, so a processor that ignored them cannot go unseen.
         actual = generator.image_resolution()
         if actual != {"min_pixels": args.min_pixels, "max_pixels": args.max_pixels}:
-            raise ValueError(f"the image processor did not take the resolution bounds: it reports {actual}")
+            raise UsageError(f"the image processor did not take the resolution bounds: it reports {actual}")
     settings_path.write_text(json.dumps(settings, indent=1))
 
     generated = 0
     gen_seconds = 0.0
     if num_todo:
-        mask_tokenizer = mask_tokenizer or build_mask_tokenizer(
-            None if args.checkpoint else args.mask_tokenizer_source, args.sam2_config, args.checkpoint, device,
-            drop_memory_modules=True,
-        )
         strip_tokens = generator.strip_tokens()
         batch_size = args.batch_size or DEFAULT_BATCH_SIZE.get(backend, 8)
         progress = tqdm(total=num_todo, desc=f"eval {args.task}", disable=not args.progress)
@@ -437,6 +442,17 @@ def _json_default(value):
     if isinstance(value, (np.integer, np.floating)):
         return value.item()
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def check_model_writes_masks(model: str) -> None:
+    """A model whose tokenizer lacks the mask tokens cannot write a mask: its "scores" would be the no-target rows'."""
+    check_local_path(model, "model")
+    missing = missing_mask_tokens(AutoTokenizer.from_pretrained(resolve_model_path(model)))
+    if missing:
+        raise UsageError(
+            f"model {model!r} has no SAMTok mask tokens ({len(missing)} of 514 missing, first {missing[0]!r}): it "
+            "cannot write masks; evaluate a SAMTok checkpoint"
+        )
 
 
 def _make_generator(args, backend: str, device: str, max_new_tokens: int):
@@ -523,11 +539,12 @@ class EvalConfig:
 
     def __post_init__(self):
         if self.task not in TASKS:
-            raise ValueError(f"task must be one of {TASKS}, got {self.task!r}")
+            raise UsageError(f"task must be one of {TASKS}, got {self.task!r}")
         if self.sample == (self.data is not None):
-            raise ValueError(f"give exactly one of data and sample (got data={self.data!r}, sample={self.sample})")
+            raise UsageError(f"give exactly one of data and sample (got data={self.data!r}, sample={self.sample})")
         if self.checkpoint is not None or self.sam2_config is not None:
             check_mask_tokenizer_source(self.mask_tokenizer, self.sam2_config, self.checkpoint)
+        check_template(self.task, self.template)
 
     @property
     def mask_tokenizer_source(self) -> str:

@@ -10,8 +10,10 @@ from pathlib import Path
 
 from PIL import Image
 
+from samtok_rl.errors import UsageError
 
-__all__ = ["cache_dir", "open_rgb", "save_checkpoint", "write_json_atomic"]
+
+__all__ = ["cache_dir", "check_local_path", "looks_local", "open_rgb", "save_checkpoint", "write_json_atomic"]
 
 
 def cache_dir(name: str) -> Path:
@@ -23,6 +25,26 @@ def cache_dir(name: str) -> Path:
     """
     root = os.environ.get("SAMTOK_RL_CACHE")
     return (Path(root) if root else Path.home() / ".cache" / "samtok_rl") / name
+
+
+def looks_local(name: str) -> bool:
+    """Whether `name` can only be a local path, not a Hub id (`namespace/name`).
+
+    Example:
+    >>> [looks_local(n) for n in ("zhouyik/Qwen3-VL-8B-SAMTok", "./ckpt", "/data/m", "a/b/c", "w.pth", "micro")]
+    [False, True, True, True, True, False]
+    """
+    return (
+        name.startswith(("/", "./", "../", "~"))
+        or name.count("/") > 1
+        or name.endswith((".pth", ".pt", ".safetensors", ".yaml", ".yml", ".json"))
+    )
+
+
+def check_local_path(name: str, what: str) -> None:
+    """Refuse a local-looking path that does not exist at once (the Hub would retry it for minutes)."""
+    if looks_local(str(name)) and not Path(name).expanduser().exists():
+        raise UsageError(f"{what} {str(name)!r} does not exist (a local path; a Hub id looks like namespace/name)")
 
 
 def write_json_atomic(path: Path, payload: dict) -> None:

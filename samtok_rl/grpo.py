@@ -20,9 +20,17 @@ from collections.abc import Sequence
 from trl import GRPOConfig, ModelConfig
 
 import rewards
-from samtok_rl.checks import check_columns, check_mask_tokens, check_recipe
+from samtok_rl.checks import (
+    check_columns,
+    check_mask_tokens,
+    check_recipe,
+    check_rewards_package,
+    check_tasks,
+    resolve_resume,
+)
 from samtok_rl.cli import config_parser
 from samtok_rl.configs import SamtokScriptArguments
+from samtok_rl.errors import UsageError
 from samtok_rl.loading import (
     add_mask_tokens_and_save,
     freeze_vision_tower,
@@ -89,14 +97,14 @@ def resolve_rewards(script_args, training_args) -> tuple[list[str], list]:
     preset = script_args.reward_preset
     if preset is not None:
         if preset not in rewards.PRESETS:
-            raise ValueError(f"unknown reward_preset {preset!r}; known presets: {', '.join(rewards.PRESETS)}")
+            raise UsageError(f"unknown reward_preset {preset!r}; known presets: {', '.join(rewards.PRESETS)}")
         specs = list(rewards.PRESETS[preset])
     specs += [spec for spec in script_args.reward_funcs or [] if spec not in specs]
     if not specs:
-        raise ValueError("no rewards: set `reward_preset` (gres or gcg) or `reward_funcs` in the recipe")
+        raise UsageError("no rewards: set `reward_preset` (gres or gcg) or `reward_funcs` in the recipe")
     weights = training_args.reward_weights
     if weights is not None and len(weights) != len(specs):
-        raise ValueError(f"{len(weights)} reward_weights for {len(specs)} rewards {specs}")
+        raise UsageError(f"{len(weights)} reward_weights for {len(specs)} rewards {specs}")
     funcs = rewards.get_reward_funcs(
         specs, mask_tokenizer=script_args.mask_tokenizer, repetition_limit=script_args.repetition_limit
     )
@@ -115,10 +123,13 @@ def main(script_args=None, training_args=None, model_args=None):
     start = time.perf_counter()
 
     # Check: everything that needs neither the model nor a GPU, so a bad recipe fails in seconds.
+    check_rewards_package()
+    check_recipe(script_args, training_args, model_args)
+    resume = resolve_resume(training_args)
     specs, funcs = resolve_rewards(script_args, training_args)
     dataset = load_dataset(script_args, training_args)
     check_columns(dataset, funcs, specs)
-    check_recipe(script_args, training_args, model_args)
+    check_tasks(dataset, specs)
     if script_args.dry_run:
         logger.info(
             "dry run OK: rewards %s (weights %s), %d rows, generation batch %d completions = %d prompts "
@@ -153,7 +164,9 @@ def main(script_args=None, training_args=None, model_args=None):
         processing_class=processor,
         peft_config=make_peft_config(model_args, training_args) if model_args.use_peft else None,
     )
-    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    if resume is not None:
+        logger.info("resuming from %s", resume)
+    trainer.train(resume_from_checkpoint=resume)
     trainer.save_model(training_args.output_dir)
     processor.save_pretrained(training_args.output_dir)
     trainer.accelerator.print(

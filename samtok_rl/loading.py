@@ -13,6 +13,7 @@ from trl import get_peft_config
 
 from samtok_rl.configs import SAMPLE_PREFIX
 from samtok_rl.data import sample_paths
+from samtok_rl.errors import UsageError
 from samtok_rl.files import cache_dir
 from samtok_rl.mask_tokenizer import build_mask_tokenizer
 from samtok_rl.prepare import load_prepared, prepare, read_source
@@ -42,11 +43,11 @@ def load_dataset(script_args, training_args):
     """Load the prepared dataset (or prepare the bundled sample) and cast `image` paths to PIL images."""
     name = script_args.dataset
     if name is None:
-        raise ValueError("no dataset: set `dataset` to a `samtok-rl prepare` folder or to sample:gres / sample:gcg")
+        raise UsageError("no dataset: set `dataset` to a `samtok-rl prepare` folder or to sample:gres / sample:gcg")
     if name.startswith(SAMPLE_PREFIX):
         task = name.removeprefix(SAMPLE_PREFIX)
         if script_args.mask_tokenizer is None:
-            raise ValueError(f"dataset {name!r} is prepared on the fly and needs `mask_tokenizer` (e.g. micro)")
+            raise UsageError(f"dataset {name!r} is prepared on the fly and needs `mask_tokenizer` (e.g. micro)")
         out = sample_dir(task, script_args.mask_tokenizer)
         with training_args.main_process_first(desc="prepare the bundled sample"):
             dataset = prepare(
@@ -59,7 +60,7 @@ def load_dataset(script_args, training_args):
             )
     else:
         if not Path(name).is_dir():
-            raise ValueError(f"dataset folder {name!r} does not exist; run `samtok-rl prepare --output {name}` first")
+            raise UsageError(f"dataset folder {name!r} does not exist; run `samtok-rl prepare --output {name}` first")
         dataset = load_prepared(name)
     if script_args.max_train_samples is not None:
         dataset = dataset.select(range(min(script_args.max_train_samples, len(dataset))))
@@ -77,7 +78,7 @@ def load_processor(path: str, script_args, model_args, training_args):
     )
     if processor.tokenizer.padding_side != "left":
         # Right padding silently misaligns mm_token_type_ids with TRL's left-padded prompts (no crash).
-        raise ValueError(f"the tokenizer pads on the {processor.tokenizer.padding_side}; GRPO needs left padding")
+        raise UsageError(f"the tokenizer pads on the {processor.tokenizer.padding_side}; GRPO needs left padding")
     size = processor.image_processor.size
     if script_args.max_pixels is not None:
         size["longest_edge"] = script_args.max_pixels
@@ -130,7 +131,7 @@ def make_peft_config(model_args, training_args):
     saved = model_args.lora_modules_to_save or []
     rows = [m for m in saved if "embed" in m or "lm_head" in m]
     if rows and training_args.use_vllm:
-        raise ValueError(
+        raise UsageError(
             f"lora_modules_to_save={rows}: vLLM rejects LoRA adapters that carry embedding/lm_head rows "
             "(vllm-project/vllm#9280). Train the mask-token rows with a full fine-tune instead."
         )

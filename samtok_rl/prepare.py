@@ -32,12 +32,13 @@ from tqdm.auto import tqdm
 from samtok_rl.cli import config_parser
 from samtok_rl.data import read_grandf_gcg, read_grefcoco, sample_paths
 from samtok_rl.data.grefcoco import RLE
+from samtok_rl.errors import UsageError
 from samtok_rl.files import open_rgb, write_json_atomic
 from samtok_rl.logs import setup_logging
 from samtok_rl.mask_tokenizer import build_mask_tokenizer, check_mask_tokenizer_source
 from samtok_rl.masks import decode_rle
 from samtok_rl.parsing import NO_TARGET, OBJ_REF_END, OBJ_REF_START
-from samtok_rl.prompts import GCG_QUESTION, GRES_TEMPLATE, conversation, gcg_question, gres_question
+from samtok_rl.prompts import GCG_QUESTION, GRES_TEMPLATE, check_template, conversation, gcg_question, gres_question
 from samtok_rl.tokens import format_mask
 
 
@@ -68,6 +69,11 @@ PREPARED_FEATURES = datasets.Features(
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Selection and answer formatting (pure functions).
+
+
+# Columns every row needs a value in: TRL builds the prompt from `prompt` and `image`; the rewards read `solution` and
+# `task` (a missing one would make them return None, and the reward vanish from the logs, without any error).
+REQUIRED_VALUES = ("prompt", "image", "solution", "task")
 
 
 def select_one_per_image(images: Sequence[str], num_images: int, seed: int = 42) -> list[int]:
@@ -164,13 +170,13 @@ def read_source(
         images = images or paths.images
     if task == "gres":
         if refs is None or instances is None or images is None:
-            raise ValueError("task gres needs refs, instances and images (or sample)")
+            raise UsageError("task gres needs refs, instances and images (or sample)")
         return read_grefcoco(refs, instances, images, splits=split, skip_invalid=skip_invalid)
     if task == "gcg":
         if annotations is None or images is None:
-            raise ValueError("task gcg needs annotations and images (or sample)")
+            raise UsageError("task gcg needs annotations and images (or sample)")
         return read_grandf_gcg(annotations, images, skip_invalid=skip_invalid)
-    raise ValueError(f"unknown task {task!r}; expected 'gres' or 'gcg'")
+    raise UsageError(f"unknown task {task!r}; expected 'gres' or 'gcg'")
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -281,8 +287,17 @@ def prepare(
         `datasets.Dataset`: the prepared rows (see [`load_prepared`]).
     """
     if task not in ("gres", "gcg"):
-        raise ValueError(f"unknown task {task!r}; expected 'gres' or 'gcg'")
+        raise UsageError(f"unknown task {task!r}; expected 'gres' or 'gcg'")
+    if len(source) == 0:
+        raise UsageError(
+            f"nothing to prepare: the {task} source selected 0 rows (check split, num_images, skip_invalid)"
+        )
+    check_template(task, template)
     out = Path(output_dir)
+    if not (out / MANIFEST).is_file() and any(out.rglob("*.parquet")):
+        raise UsageError(
+            f"{out} holds parquet files but no {MANIFEST}: not a samtok-rl prepare folder; use a new output_dir"
+        )
     (out / "data").mkdir(parents=True, exist_ok=True)
     settings = {"template": template, "think": think, "shard_size": shard_size, "tokenizer": tokenizer_id}
     fingerprint = _fingerprint(source, task, settings)
@@ -291,7 +306,7 @@ def prepare(
     if manifest_path.is_file():
         manifest = json.loads(manifest_path.read_text())
         if manifest.get("fingerprint") != fingerprint:
-            raise ValueError(
+            raise UsageError(
                 f"{manifest_path}: this folder was prepared from other inputs or settings "
                 f"(task={manifest.get('task')}, settings={manifest.get('settings')}); use a new output_dir"
             )
@@ -307,7 +322,18 @@ def prepare(
         write_json_atomic(manifest_path, manifest)
 
     def finished(k: int) -> bool:
-        return str(k) in manifest["shards"] and (out / manifest["shards"][str(k)]["file"]).is_file()
+        entry = manifest["shards"].get(str(k))
+        if entry is None or not (out / entry["file"]).is_file():
+            return False
+        try:  # a shard damaged since it was written is redone, not loaded
+            intact = pq.read_metadata(out / entry["file"]).num_rows == entry["rows"]
+        except (OSError, pa.ArrowInvalid):
+            intact = False
+        if not intact:
+            logger.warning(
+                "%s is damaged (unreadable or not %d rows): preparing it again", out / entry["file"], entry["rows"]
+            )
+        return intact
 
     todo = [k for k in range(n_shards) if not finished(k)]
     done_rows = sum(min(shard_size, len(source) - k * shard_size) for k in range(n_shards) if k not in todo)
@@ -337,18 +363,37 @@ def load_prepared(output_dir: str | Path) -> datasets.Dataset:
     """Load a folder written by [`prepare`] as one in-memory `datasets.Dataset`.
 
     Raises:
-        `ValueError`: the folder's manifest is missing or lists unfinished shards.
+        `UsageError`: the folder's manifest is missing or lists unfinished shards, a shard lacks a column, or a row
+            has no value where the trainer and the rewards need one (`prompt`, `image`, `solution`, `task`).
     """
     out = Path(output_dir)
     manifest_path = out / MANIFEST
     if not manifest_path.is_file():
-        raise ValueError(f"{out} has no {MANIFEST}; run `samtok-rl prepare` first")
+        raise UsageError(f"{out} has no {MANIFEST}; run `samtok-rl prepare` first")
     manifest = json.loads(manifest_path.read_text())
     if not manifest.get("complete"):
-        raise ValueError(f"{manifest_path}: preparation is incomplete; re-run `samtok-rl prepare` to resume it")
+        raise UsageError(f"{manifest_path}: preparation is incomplete; re-run `samtok-rl prepare` to resume it")
     shards = [manifest["shards"][k]["file"] for k in sorted(manifest["shards"], key=int)]
-    table = pa.concat_tables([pq.read_table(out / f, schema=PREPARED_FEATURES.arrow_schema) for f in shards])
-    return datasets.Dataset(InMemoryTable(table))
+    tables = []
+    offset = 0
+    for name in shards:
+        try:
+            table = pq.read_table(out / name)
+        except (OSError, pa.ArrowInvalid) as err:
+            raise UsageError(f"{out / name}: unreadable shard ({err}); re-run `samtok-rl prepare` to redo it") from err
+        missing = [c for c in PREPARED_FEATURES if c not in table.column_names]
+        if missing:
+            raise UsageError(
+                f"{out / name}: column(s) {missing} missing; prepare the dataset with `samtok-rl prepare`"
+            )
+        for column in REQUIRED_VALUES:
+            nulls = table.column(column).null_count
+            if nulls:
+                row = table.column(column).to_pylist().index(None)
+                raise UsageError(f"{out / name}, row {offset + row}: `{column}` is empty ({nulls} such rows)")
+        tables.append(table.select(list(PREPARED_FEATURES)).cast(PREPARED_FEATURES.arrow_schema))
+        offset += len(table)
+    return datasets.Dataset(InMemoryTable(pa.concat_tables(tables)))
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -378,12 +423,18 @@ class PrepareConfig:
     template: str | None = field(
         default=None, metadata={"help": "GRES template with {expression}, or the whole GCG question."}
     )
-    think: bool = field(default=True, metadata={"help": "Add the R1 think/answer instruction (--no_think: leave it out)."})
+    think: bool = field(
+        default=True, metadata={"help": "Add the R1 think/answer instruction (--no_think: leave it out)."}
+    )
     mask_tokenizer: str | None = field(
         default=None,
-        metadata={"help": "micro, a SAMTok model folder, a checkpoint file or a Hub id (or sam2_config + checkpoint)."},
+        metadata={
+            "help": "micro, a SAMTok model folder, a checkpoint file or a Hub id (or sam2_config + checkpoint)."
+        },
     )
-    sam2_config: str | None = field(default=None, metadata={"help": "sam2 YAML of the mask tokenizer (with checkpoint)."})
+    sam2_config: str | None = field(
+        default=None, metadata={"help": "sam2 YAML of the mask tokenizer (with checkpoint)."}
+    )
     checkpoint: str | None = field(default=None, metadata={"help": "Mask tokenizer weights, .pth or .safetensors."})
     device: str | None = field(default=None, metadata={"help": "Default: this process's CUDA device, else cpu."})
     batch_size: int = field(default=32, metadata={"help": "Most masks per mask-tokenizer call."})
@@ -392,8 +443,9 @@ class PrepareConfig:
 
     def __post_init__(self):
         if self.task not in ("gres", "gcg"):
-            raise ValueError(f"task must be gres or gcg, got {self.task!r}")
+            raise UsageError(f"task must be gres or gcg, got {self.task!r}")
         check_mask_tokenizer_source(self.mask_tokenizer, self.sam2_config, self.checkpoint)
+        check_template(self.task, self.template)
 
     @property
     def mask_tokenizer_id(self) -> str:
@@ -423,6 +475,8 @@ def run(config: PrepareConfig) -> datasets.Dataset:
         skip_invalid=config.skip_invalid,
     )
     if config.num_images is not None:
+        if config.num_images < 1:
+            raise UsageError(f"num_images must be >= 1, got {config.num_images}")
         source = source.select(select_one_per_image(source["image"], config.num_images, config.seed))
     return prepare(
         source,

@@ -5,6 +5,8 @@ Reading the answers back is `samtok_rl.parsing`'s job.
 
 from __future__ import annotations
 
+from samtok_rl.errors import UsageError
+
 
 # The R1 instruction appended (after one space) to the task question for RL models (SAMTok qwen25vl_rl evals,
 # CycleGRPO r1v.jinja).
@@ -22,6 +24,14 @@ GCG_QUESTION = (
     "Could you please give me a brief description of the image? Please respond with interleaved     "
     "segmentation masks for the corresponding parts of the answer."
 )
+
+
+def check_template(task: str, template: str | None) -> None:
+    """A GRES template must place the expression; otherwise every prompt would lose it."""
+    if task == "gres" and template is not None and "{expression}" not in template:
+        raise UsageError(
+            f"the GRES template {template!r} has no {{expression}}: every prompt would lose its expression"
+        )
 
 
 def gres_question(expression: str, think: bool = True, template: str = GRES_TEMPLATE) -> str:

@@ -41,6 +41,7 @@ from transformers import (
 )
 from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
 
+from samtok_rl.errors import UsageError
 from samtok_rl.files import cache_dir, save_checkpoint
 from samtok_rl.tokens import add_mask_tokens
 
@@ -345,4 +346,4 @@ def load_tiny_vlm(
 
 def _check_kind(kind: str) -> None:
     if kind not in KINDS:
-        raise ValueError(f"Unknown tiny VLM kind {kind!r}; known kinds: {', '.join(KINDS)}.")
+        raise UsageError(f"Unknown tiny VLM kind {kind!r}; known kinds: {', '.join(KINDS)}.")

@@ -40,6 +40,8 @@ import torch
 import trl.generation.vllm_generation as trl_vllm
 from trl.generation.vllm_generation import VLLMGeneration
 
+from samtok_rl.errors import UsageError
+
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +52,7 @@ TRL_VERSION = "1.16.0"
 _WRAPPER_PARTS = ("_checkpoint_wrapped_module.", "_fsdp_wrapped_module.", "modules_to_save.default.", "base_layer.")
 
 
-class OffPolicyError(RuntimeError):
+class OffPolicyError(UsageError):
     """vLLM generated from another prompt than the one the trainer scores, or from weights it refused."""
 
 

@@ -117,8 +117,10 @@ def test_cli_end_to_end_then_resume(tiny_vlm, tmp_path, capsys):
     assert json.dumps(again["splits"]) == json.dumps(metrics["splits"])
 
     # Different generation settings on the same folder are refused, not mixed in.
-    with pytest.raises(ValueError, match="max_new_tokens"):
-        cli_main([a if a != "12" else "13" for a in argv])
+    capsys.readouterr()
+    assert cli_main([a if a != "12" else "13" for a in argv]) == 2  # one line on stderr, no traceback
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "holds predictions made with other settings (max_new_tokens)" in err
 
 
 def test_cli_gcg_end_to_end(tiny_vlm, tmp_path, no_java):

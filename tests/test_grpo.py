@@ -13,6 +13,7 @@ from transformers import AutoModelForImageTextToText
 
 from rewards import REWARDS
 from samtok_rl import checks, grpo, loading
+from samtok_rl.errors import UsageError
 from samtok_rl.prepare import prepare, read_source
 from samtok_rl.tiny import build_tiny_vlm
 
@@ -119,12 +120,12 @@ def test_rejects_lora_embedding_rows_with_vllm():
 
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: str(p.relative_to(ROOT / "recipes")))
-def test_recipe_parses_and_dry_runs(recipe, datasets_dir):
+def test_recipe_parses_and_dry_runs(recipe, datasets_dir, tmp_path):
     config = yaml.safe_load(recipe.read_text())
     task = config["reward_preset"]
     # Without a GPU, bf16 recipes only parse with use_cpu; the dataset is swapped for the prepared sample.
     script_args, training_args, model_args = grpo.make_parser().parse_args_and_config(
-        ["--config", str(recipe), "--dry_run", "--dataset", datasets_dir[task], "--use_cpu"]
+        ["--config", str(recipe), "--dry_run", "--dataset", datasets_dir[task], "--use_cpu", "--output_dir", str(tmp_path)]
     )
     assert script_args.dry_run and model_args.model_name_or_path
     assert grpo.main(script_args, training_args, model_args) is None
@@ -152,13 +153,13 @@ def launch_env(config: Path) -> dict[str, str]:
 
 
 @pytest.mark.parametrize("config", ACCELERATE, ids=lambda p: p.name)
-def test_launch_config_dry_runs_and_refuses_in_run_token_adding(config, datasets_dir, monkeypatch):
+def test_launch_config_dry_runs_and_refuses_in_run_token_adding(config, datasets_dir, monkeypatch, tmp_path):
     """Each launch configuration's CPU equivalent of `--dry_run`: the GRES recipe passes; adding mask tokens inside
     a sharded (ZeRO-3, FSDP) launch is refused with the command to run beforehand."""
     for key, value in launch_env(config).items():
         monkeypatch.setenv(key, value)
     recipe = ROOT / "recipes/gres/qwen2_5_vl_3b_samtok_grpo.yaml"
-    dry = ["--config", str(recipe), "--dry_run", "--dataset", datasets_dir["gres"], "--use_cpu"]
+    dry = ["--config", str(recipe), "--dry_run", "--dataset", datasets_dir["gres"], "--use_cpu", "--output_dir", str(tmp_path)]
     assert grpo.main(dry) is None
     sharded = config.stem in ("zero3", "fsdp2")
     assert (checks.sharded_launch(grpo.parse_args(dry)[1]) is not None) == sharded
@@ -195,7 +196,7 @@ def test_add_mask_tokens_command(tmp_path):
     checks.check_mask_tokens(AutoProcessor.from_pretrained(out))
     model = AutoModelForImageTextToText.from_pretrained(out)
     assert model.get_input_embeddings().weight.shape[0] == rows + len(MASK_TOKENS)
-    with pytest.raises(FileExistsError, match="already holds a model"):  # never overwrites a model
+    with pytest.raises(UsageError, match="already holds a model"):  # never overwrites a model
         add_tokens.main(["--model_name_or_path", str(tmp_path / "base"), "--output_dir", str(out)])
 
 

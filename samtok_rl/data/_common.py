@@ -8,10 +8,11 @@ from pathlib import Path
 from PIL import Image
 from pycocotools import mask as mask_utils
 
+from samtok_rl.errors import UsageError
 from samtok_rl.masks import merge_rles
 
 
-class DataError(ValueError):
+class DataError(UsageError):
     """A malformed input row. The message names the file, the row and the field at fault."""
 
 
@@ -29,6 +30,9 @@ def segmentation_to_rle(segmentation, height: int, width: int, where: str) -> di
         `dict | None`: the compressed RLE in JSON form, or `None` for a polygon list with no usable polygon.
     """
     if isinstance(segmentation, list):
+        for k, polygon in enumerate(segmentation):
+            if not isinstance(polygon, list) or not all(isinstance(v, (int, float)) for v in polygon):
+                raise DataError(f"{where}: segmentation polygon #{k} is not a list of numbers: {polygon!r:.60}")
         polygons = [p for p in segmentation if len(p) >= 6]
         if not polygons:
             return None

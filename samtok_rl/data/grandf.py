@@ -79,12 +79,17 @@ def read_grandf_gcg(
     skipped = Skipped(annotation_file, skip_invalid)
     rows = []
     for index, record in enumerate(records):
+        if not isinstance(record, dict):
+            skipped.record(DataError(f"{annotation_file}: record #{index} is not an object: {record!r:.60}"))
+            continue
         where = f"{annotation_file}: record #{index} (file_name={record.get('file_name')!r})"
         try:
             rows.append(_gcg_row(record, image_dir, sizes, where))
         except DataError as err:
             skipped.record(err)
     skipped.warn()
+    if not rows:
+        raise DataError(f"{annotation_file}: no usable record ({len(skipped.messages)} skipped as invalid)")
     return datasets.Dataset.from_list(rows, features=GCG_FEATURES)
 
 

@@ -103,8 +103,8 @@ def read_grefcoco(
     instances = _load_json(instances_file)
     if not isinstance(refs, list):
         raise DataError(f"{refs_file}: expected a list of refs, got {type(refs).__name__}")
-    images = {img["id"]: img for img in instances["images"]}
-    annotations = {ann["id"]: ann for ann in instances["annotations"]}
+    images = _index(instances, "images", ("id", "file_name", "height", "width"), instances_file)
+    annotations = _index(instances, "annotations", ("id", "image_id", "segmentation"), instances_file)
 
     sizes = ImageSizes()
     instance_rles: dict[int, dict | None] = {}  # ann id -> RLE (None: crowd or no usable polygon)
@@ -157,7 +157,23 @@ def read_grefcoco(
                 }
             )
     skipped.warn()
+    if not rows:
+        present = sorted({str(ref.get("split")) for ref in refs if isinstance(ref, dict)})
+        raise DataError(
+            f"{refs_file}: no usable row for split(s) {sorted(keep) if keep else 'all'} (the file has splits {present}; "
+            f"{len(skipped.messages)} rows skipped as invalid)"
+        )
     return datasets.Dataset.from_list(rows, features=GREFCOCO_FEATURES)
+
+
+def _index(instances, key: str, fields: tuple[str, ...], path: Path) -> dict:
+    """COCO `instances[key]` by id, each entry checked to be an object with `fields`."""
+    if not isinstance(instances, dict) or not isinstance(instances.get(key), list):
+        raise DataError(f"{path}: expected a COCO instances object with a list under {key!r}")
+    for k, entry in enumerate(instances[key]):
+        if not isinstance(entry, dict) or any(f not in entry for f in fields):
+            raise DataError(f"{path}: {key}[{k}]: expected an object with {list(fields)}, got {entry!r:.80}")
+    return {entry["id"]: entry for entry in instances[key]}
 
 
 def _instances(ann_ids, annotations, cache, image_info, where) -> list[tuple[int, dict]]:

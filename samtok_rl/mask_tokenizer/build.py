@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from samtok_rl.errors import UsageError
 from samtok_rl.mask_tokenizer.micro import build_micro_mask_tokenizer
 from samtok_rl.mask_tokenizer.tokenizer import MaskTokenizer
 
@@ -34,15 +35,15 @@ def check_mask_tokenizer_source(source=None, sam2_config=None, checkpoint=None) 
     >>> check_mask_tokenizer_source(checkpoint="w.pth")
     Traceback (most recent call last):
     ...
-    ValueError: a mask tokenizer's sam2_config and checkpoint go together (got sam2_config=None, checkpoint='w.pth')
+    samtok_rl.errors.UsageError: a mask tokenizer's sam2_config and checkpoint go together (got sam2_config=None, checkpoint='w.pth')
     """
     if (sam2_config is None) != (checkpoint is None):
-        raise ValueError(
+        raise UsageError(
             "a mask tokenizer's sam2_config and checkpoint go together "
             f"(got sam2_config={sam2_config!r}, checkpoint={checkpoint!r})"
         )
     if (source is None) == (checkpoint is None):
-        raise ValueError(
+        raise UsageError(
             "name the mask tokenizer once: either a source (`micro`, a SAMTok folder, a checkpoint file or a Hub id) "
             f"or sam2_config + checkpoint (got source={source!r}, checkpoint={checkpoint!r})"
         )
