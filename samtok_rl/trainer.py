@@ -5,6 +5,8 @@ The one thin subclass of TRL's trainer in samtok-rl. It overrides two things, bo
 
 - `__init__`: with `use_vllm`, TRL's `VLLMGeneration` is replaced by [`OnPolicyVLLMGeneration`] for the duration of
   TRL's own `__init__`, with the trainer's dtype and pixel limits for the colocated engine.
+- `_get_train_sampler`: TRL's `RepeatSampler` with `set_epoch`, so a run resumed in a later epoch draws the same prompt
+  order as the uninterrupted run (see [`EpochRepeatSampler`]).
 - `_load_from_checkpoint`: full-model checkpoints are reloaded through `from_pretrained` (see below).
 """
 
@@ -14,14 +16,40 @@ import functools
 import logging
 from unittest import mock
 
+import torch
 import trl.trainer.grpo_trainer as trl_grpo
 from peft import PeftModel
 from trl import GRPOTrainer
+from trl.trainer.utils import RepeatSampler
 
 from samtok_rl.vllm_rollouts import OnPolicyVLLMGeneration, engine_kwargs_for
 
 
 logger = logging.getLogger(__name__)
+
+
+class EpochRepeatSampler(RepeatSampler):
+    """TRL's `RepeatSampler` whose order in epoch `e` depends on `(seed, e)` only.
+
+    TRL's sampler seeds one generator once and draws each epoch's permutation from it in turn, so a resumed run (a new
+    sampler) starts again from the first permutation: from the second epoch on, its prompts differ from the
+    uninterrupted run's. Here the Trainer's `set_epoch(e)` replays the generator to the `e`-th permutation: the
+    uninterrupted run keeps exactly TRL's order, and a resumed run joins it.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        if self.shuffle and self.seed is not None:
+            self.generator.manual_seed(self.seed)
+            for _ in range(self.epoch):  # the permutations of the epochs before this one
+                torch.randperm(self.num_samples, generator=self.generator)
+        yield from super().__iter__()
 
 
 class SamtokGRPOTrainer(GRPOTrainer):
@@ -42,6 +70,17 @@ class SamtokGRPOTrainer(GRPOTrainer):
         # call keeps all of TRL's set-up rather than copying it.
         with mock.patch.object(trl_grpo, "VLLMGeneration", generation):
             super().__init__(model, *args, **kwargs)
+
+    def _get_train_sampler(self, dataset=None):
+        stock = super()._get_train_sampler(dataset)
+        return EpochRepeatSampler(
+            data_source=stock.data_source,
+            mini_repeat_count=stock.mini_repeat_count,
+            batch_size=stock.batch_size,
+            repeat_count=stock.repeat_count,
+            shuffle=stock.shuffle,
+            seed=stock.seed,
+        )
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
         """Reload full-model checkpoints through `from_pretrained`.

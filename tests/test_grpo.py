@@ -239,8 +239,7 @@ def test_resume_matches_uninterrupted_run(tmp_path, datasets_dir, tiny_models):
     common = [
         "--model_name_or_path", "tiny:qwen2_5_vl", "--dataset", datasets_dir["gres"], "--reward_preset", "gres",
         "--reward_funcs", VARYING, "--save_strategy", "steps", "--save_steps", "2",
-        # 8 rows = 4 steps per epoch: the resume point lies inside the epoch. (Across an epoch boundary TRL's
-        # RepeatSampler, which has no set_epoch, draws the next permutation from a freshly seeded generator.)
+        # 8 rows = 4 steps per epoch: the resume point lies inside the epoch (the next test crosses epochs).
         "--max_train_samples", "8",
     ]  # fmt: skip
     full = run(tmp_path / "full", *common, "--max_steps", "4")
@@ -262,5 +261,38 @@ def test_resume_matches_uninterrupted_run(tmp_path, datasets_dir, tiny_models):
     assert opt_full.keys() == opt_resumed.keys()
     for k in opt_full:
         torch.testing.assert_close(opt_resumed[k]["exp_avg"], opt_full[k]["exp_avg"])
+    for (name, a), (_, b) in zip(full.model.named_parameters(), resumed.model.named_parameters()):
+        torch.testing.assert_close(a, b, msg=name)
+
+
+def test_resume_across_an_epoch_boundary_matches_uninterrupted_run(tmp_path, datasets_dir, tiny_models):
+    """4 rows = 2 steps per epoch; 6 steps = 3 epochs; resumed at step 4 (start of epoch 3) and step 3 (inside
+    epoch 2): the prompts of every step, the rewards, the optimizer state and the weights equal the uninterrupted run."""
+    common = [
+        "--model_name_or_path", "tiny:qwen2_5_vl", "--dataset", datasets_dir["gres"], "--reward_preset", "gres",
+        "--reward_funcs", VARYING, "--save_strategy", "steps", "--save_steps", "1", "--max_train_samples", "4",
+        "--log_completions", "true",
+    ]  # fmt: skip
+    full = run(tmp_path / "full", *common, "--max_steps", "6")
+    run(tmp_path / "part", *common, "--max_steps", "3")
+    resumed = run(tmp_path / "part", *common, "--max_steps", "6", "--resume_from_checkpoint", "true")
+    assert resumed.state.global_step == full.state.global_step == 6
+
+    def prompts_by_step(folder):
+        import pandas as pd
+
+        tables = sorted((folder / "completions").glob("completions_*.parquet"))
+        rows = pd.concat([pd.read_parquet(t) for t in tables])
+        return {int(s): sorted(map(str, g["prompt"])) for s, g in rows.groupby("step")}
+
+    full_prompts, resumed_prompts = prompts_by_step(tmp_path / "full"), prompts_by_step(tmp_path / "part")
+    assert set(full_prompts) == set(range(1, 7))
+    assert all(resumed_prompts[s] == full_prompts[s] for s in range(4, 7))  # steps the resumed run generated
+    assert full_prompts[1] != full_prompts[3] or full_prompts[2] != full_prompts[4]  # epochs really reshuffle
+
+    def rewards_by_step(trainer):
+        return {e["step"]: e["reward"] for e in trainer.state.log_history if "reward" in e}
+
+    assert rewards_by_step(resumed) == pytest.approx(rewards_by_step(full))
     for (name, a), (_, b) in zip(full.model.named_parameters(), resumed.model.named_parameters()):
         torch.testing.assert_close(a, b, msg=name)

@@ -17,6 +17,7 @@ import trl
 from transformers import Trainer
 from trl import GRPOTrainer
 from trl.generation.vllm_generation import VLLMGeneration
+from trl.trainer.utils import RepeatSampler
 
 from samtok_rl.vllm_rollouts import TRL_VERSION
 
@@ -29,6 +30,9 @@ PINNED = {
     VLLMGeneration._iter_named_params: "baab615d5c7bc3e1",
     VLLMGeneration.sync_weights: "63d669fb32304ff5",
     GRPOTrainer.__init__: "18f01b7a46c9544b",  # builds `VLLMGeneration(...)` by its module-level name
+    GRPOTrainer._get_train_sampler: "36497afb4d311dc9",
+    RepeatSampler.__init__: "7898b11a3b9e9e07",  # EpochRepeatSampler replays its generator
+    RepeatSampler.__iter__: "d80412d80424bd64",
     Trainer._load_from_checkpoint: "4711d0506786db15",
 }
 
