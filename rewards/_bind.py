@@ -8,6 +8,7 @@ from pathlib import Path
 from transformers import AutoTokenizer, ProcessorMixin
 from trl.trainer.utils import get_callable_name
 
+from samtok_rl.errors import UsageError
 from samtok_rl.parsing import OBJ_REF_END, OBJ_REF_START
 
 
@@ -92,7 +93,18 @@ class TokenizerBoundReward:
                 completions = [[{"role": "assistant", "content": text}] for text in texts]
             else:
                 completions = texts
-        return self.reward(prompts=prompts, completions=completions, completion_ids=completion_ids, **kwargs)
+        scores = self.reward(prompts=prompts, completions=completions, completion_ids=completion_ids, **kwargs)
+        n = len(completions) if completions is not None else len(completion_ids)
+        if not isinstance(scores, (list, tuple)) or len(scores) != n:
+            raise UsageError(
+                f"reward {self.__name__} returned {scores!r:.80} for {n} completions: it must return a list of {n} floats (or None)"
+            )
+        for i, score in enumerate(scores):
+            if score is not None and (isinstance(score, bool) or not isinstance(score, (int, float))):
+                raise UsageError(
+                    f"reward {self.__name__} returned {score!r:.40} ({type(score).__name__}) for completion {i}: rewards return floats (or None)"
+                )
+        return scores
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.__name__})"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 
+from samtok_rl.errors import UsageError
 from samtok_rl.parsing import find_span_codes, gcg_pairs, split_think_answer
 
 
@@ -59,8 +60,19 @@ def completion_texts(completions, completion_ids=None) -> list[str | None]:
 def task_rows(texts: list[str | None], solution, task, name: str):
     """`(index, text, reference answer)` of the rows a reward of task `name` scores: rows of that task (all rows
     without a `task` column; in mixed-task datasets the others get `None`) that have a reference answer."""
+    if len(solution) != len(texts) or (task is not None and len(task) != len(texts)):
+        raise UsageError(
+            f"{name} reward: {len(texts)} completions but {len(solution)} solutions"
+            + ("" if task is None else f" and {len(task)} task values")
+            + " (TRL passes one dataset row per completion)"
+        )
     for i, text in enumerate(texts):
-        if (task is None or task[i] == name) and isinstance(solution[i], str):
+        if task is None or task[i] == name:
+            if not isinstance(solution[i], str):
+                # A row without a reference answer would score None and vanish from the logs: a data error.
+                raise UsageError(
+                    f"{name} reward, row {i}: the solution is {solution[i]!r}, not the reference answer text"
+                )
             yield i, text, solution[i]
 
 

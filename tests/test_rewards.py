@@ -10,6 +10,7 @@ import pytest
 import rewards
 from rewards import PRESETS, REWARDS, bind_tokenizer, resolve
 from rewards.gres import no_target_score
+from samtok_rl.errors import UsageError
 from rewards.matching import graded_set_score, hungarian_set_score
 from samtok_rl.parsing import find_span_codes
 from samtok_rl.tokens import format_mask
@@ -286,12 +287,34 @@ def test_conversational_completions_score_like_text():
 
 def test_rows_without_ground_truth_or_of_another_task():
     gres_row, gcg_row = f"<answer>{A}</answer>", f"{ref('x')}{A}"
-    assert rewards.gres_mask_reward(None, [gres_row]) == [None]
-    assert rewards.gres_mask_reward(None, [gres_row], solution=[None]) == [None]
+    assert rewards.gres_mask_reward(None, [gres_row]) == [None]  # no solution column: the reward does not apply
     both = dict(solution=[gres_gt("A"), f"{ref('x')}{A}"], task=["gres", "gcg"])
     assert rewards.gres_mask_reward(None, [gres_row, gcg_row], **both) == [1.0, None]
     assert rewards.gcg_mask_reward(None, [gres_row, gcg_row], **both) == [None, 1.0]
     assert rewards.format_reward(None, [gres_row, gcg_row], **both) == [0.0, 0.0]
+
+
+@pytest.mark.parametrize("solution", [None, 3])
+def test_a_row_of_the_task_without_a_reference_answer_is_a_data_error(solution):
+    with pytest.raises(UsageError, match=rf"gres reward, row 1: the solution is {solution}"):
+        rewards.gres_mask_reward(None, ["a", "b"], solution=[gres_gt("A"), solution])
+
+
+def test_rows_and_solutions_must_pair_up():
+    with pytest.raises(UsageError, match="3 completions but 2 solutions"):
+        rewards.gcg_mask_reward(None, ["a", "b", "c"], solution=["x", "y"])
+
+
+@pytest.mark.parametrize("bad", [["1.0", 0.5], [0.5], [True, 0.5], 0.5])
+def test_a_plug_in_reward_returning_no_floats_is_named(bad):
+    def my_reward(prompts, completions, **kwargs):
+        return bad
+
+    from samtok_rl.tiny import build_tiny_processor
+
+    bound = rewards.bind_tokenizer(my_reward, build_tiny_processor("qwen2_5_vl"))
+    with pytest.raises(UsageError, match="reward my_reward returned"):
+        bound(None, ["a", "b"])
 
 
 def test_monitors():

@@ -92,3 +92,57 @@ def test_bound_rewards_never_raise_on_random_ids(tokenizer):
             check(name, f(None, None, completion_ids=[ids] * len(SOLUTIONS), solution=SOLUTIONS), len(SOLUTIONS))
 
     run()
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Adversarial 64 KB completions: nothing a policy writes makes a reward slower than linear in its length.
+# ---------------------------------------------------------------------------------------------------------------------
+
+SIZE = 64 * 1024
+# Each pattern is repeated to 64 KB: unclosed and nested tags, openers without closers, span fragments, spans without
+# phrases, phrases without spans, whitespace runs between markers (what lazy regexes re-read per opener).
+PATTERNS = {
+    "think opener": "<think>",
+    "think closer": "</think>",
+    "nested think/answer": "<think><answer></think>",
+    "answer opener": "<answer>",
+    "phrase opener": f"{REF_START} a",
+    "phrase without span": f"{REF_START} a {REF_END} ",
+    "phrase end + spaces": f"{REF_END}    ",
+    "span opener": "<|mt_start|>",
+    "span without end": "<|mt_start|><|mt_0001|>",
+    "code fragments": "<|mt_<|mt_0123|",
+    "one span repeated": A,
+    "grounded pairs": f"{REF_START} a {REF_END} {A}",
+}
+PRESET_REWARDS = ["format_reward", "gres_mask_reward", "gres_mask_reward_hungarian", "repetition_reward",
+                  "repetition_think_reward", "repetition_answer_reward", "gcg_mask_reward", "gcg_phrase_reward",
+                  "gcg_grounded_reward"]  # fmt: skip
+
+
+def adversarial_completions() -> dict[str, str]:
+    return {name: (unit * (SIZE // len(unit) + 1))[:SIZE] for name, unit in PATTERNS.items()}
+
+
+def reward_seconds(name: str, text: str) -> float:
+    """One call of a reward on one completion (its parse caches cleared first), in seconds."""
+    import time
+
+    import rewards
+
+    rewards.clear_caches()
+    solution = f"<|object_ref_start|> a <|object_ref_end|> {A}" if name.startswith("gcg") else f"[{A}]"
+    t0 = time.perf_counter()
+    scores = REWARDS[name](None, [text], solution=[solution])
+    seconds = time.perf_counter() - t0
+    assert len(scores) == 1 and (scores[0] is None or 0.0 <= scores[0] <= 1.0)
+    return seconds
+
+
+@pytest.mark.parametrize("pattern", list(PATTERNS))
+def test_adversarial_64kb_completions_score_in_linear_time(pattern):
+    text = adversarial_completions()[pattern]
+    # 64 KB in well under a second per reward (measured: at most a few ms, benchmarks/README.md); a quadratic scan
+    # of these inputs takes minutes.
+    slowest = max(reward_seconds(name, text) for name in PRESET_REWARDS)
+    assert slowest < 1.0, f"{pattern}: {slowest:.2f} s"
