@@ -154,18 +154,31 @@ def make_samples(task: str, rows, think: bool, template: str | None = None) -> l
 
 
 def read_jsonl(path: Path) -> list[dict]:
-    """Read a predictions file; a torn last line (interrupted write) is dropped and the file rewritten without it."""
+    """Read a predictions file for resuming. Blank lines are skipped; a line that is not a JSON record (a torn write
+    from an interrupted run, or damage) is moved to `<file>.rejected` with a warning, so its sample is generated
+    again and nothing is lost."""
     if not path.is_file():
         return []
-    records, lines = [], path.read_text(encoding="utf-8").splitlines()
-    for k, line in enumerate(lines):
+    records, rejected = [], []
+    for k, line in enumerate(path.read_text(encoding="utf-8").splitlines()):
+        if not line.strip():
+            continue
         try:
-            records.append(json.loads(line))
+            record = json.loads(line)
         except json.JSONDecodeError:
-            if k != len(lines) - 1:
-                raise UsageError(f"{path}: line {k + 1} is not valid JSON") from None
-            logger.warning("%s: dropping a torn last line (interrupted run)", path)
-            path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+            record = None
+        if isinstance(record, dict) and "id" in record:
+            records.append(record)
+        else:
+            rejected.append((k + 1, line))
+    if rejected:
+        logger.warning(
+            "%s: line(s) %s are not prediction records: moved to %s.rejected, their samples are generated again",
+            path, ", ".join(str(k) for k, _ in rejected), path.name,
+        )  # fmt: skip
+        with open(path.with_name(path.name + ".rejected"), "a", encoding="utf-8") as f:
+            f.write("".join(f"{line}\n" for _, line in rejected))
+        path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
     return records
 
 

@@ -30,7 +30,7 @@ from datasets.table import InMemoryTable
 from tqdm.auto import tqdm
 
 from samtok_rl.cli import config_parser
-from samtok_rl.data import read_grandf_gcg, read_grefcoco, sample_paths
+from samtok_rl.data import DataError, read_grandf_gcg, read_grefcoco, sample_paths
 from samtok_rl.data.grefcoco import RLE
 from samtok_rl.errors import UsageError
 from samtok_rl.files import open_rgb, write_json_atomic
@@ -196,13 +196,26 @@ def _shard_name(index: int, count: int) -> str:
     return f"data/train-{index:05d}-of-{count:05d}.parquet"
 
 
-def _encode_shard(rows: list[dict], tokenizer, batch_size: int) -> list[np.ndarray]:
-    """Codes `(K, 2)` per row; one image-encoder pass per distinct image of the shard, masks in chunks."""
+def _encode_shard(rows: list[dict], tokenizer, batch_size: int, skip_invalid: bool) -> list[np.ndarray | None]:
+    """Codes `(K, 2)` per row; one image-encoder pass per distinct image of the shard, masks in chunks.
+
+    Every image is decoded, no-target rows' included (training opens them all): an image that does not decode fails
+    here naming the file, or with `skip_invalid` gives `None` for its rows.
+    """
     by_image: dict[str, list[int]] = {}
     for i, row in enumerate(rows):
         by_image.setdefault(row["image"], []).append(i)
-    codes: list[np.ndarray] = [np.zeros((0, 2), np.int64) for _ in rows]
+    codes: list[np.ndarray | None] = [np.zeros((0, 2), np.int64) for _ in rows]
     for path, indices in by_image.items():
+        try:
+            rgb = np.asarray(open_rgb(path))
+        except (OSError, SyntaxError, ValueError) as err:  # PIL's errors for truncated or corrupt files
+            if not skip_invalid:
+                raise DataError(f"{path}: the image does not decode ({err}); fix it, or set skip_invalid") from err
+            logger.warning("%s: the image does not decode (%s): its %d row(s) are skipped", path, err, len(indices))
+            for i in indices:
+                codes[i] = None
+            continue
         # (row, mask) pairs of this image; identical RLEs (same target in two sentences) are encoded once.
         unique: dict[str, int] = {}
         flat = []
@@ -213,7 +226,6 @@ def _encode_shard(rows: list[dict], tokenizer, batch_size: int) -> list[np.ndarr
                     flat.append(rle)
         if not flat:
             continue
-        rgb = np.asarray(open_rgb(path))
         out = np.concatenate(
             [
                 tokenizer.encode(rgb, np.stack([decode_rle(r) for r in flat[k : k + batch_size]]))
@@ -260,6 +272,7 @@ def prepare(
     batch_size: int = 32,
     tokenizer_id: str = "",
     progress: bool = True,
+    skip_invalid: bool = False,
 ) -> datasets.Dataset:
     """Tokenize every ground-truth mask of `source` and write the RL dataset as resumable parquet shards.
 
@@ -282,6 +295,8 @@ def prepare(
         batch_size (`int`, *optional*, defaults to `32`): most masks per tokenizer call (one image per call).
         tokenizer_id (`str`, *optional*): description of the tokenizer, recorded in the manifest.
         progress (`bool`, *optional*, defaults to `True`): show a tqdm progress bar.
+        skip_invalid (`bool`, *optional*, defaults to `False`): skip the rows of images that do not decode (with a
+            warning) instead of raising.
 
     Returns:
         `datasets.Dataset`: the prepared rows (see [`load_prepared`]).
@@ -342,8 +357,8 @@ def prepare(
         bar = tqdm(total=len(source), initial=done_rows, desc=f"prepare {task}", unit="row", disable=not progress)
         for k in todo:
             rows = source.select(range(k * shard_size, min((k + 1) * shard_size, len(source)))).to_list()
-            codes = _encode_shard(rows, tokenizer, batch_size)
-            prepared = [_prepared_row(r, c, task, template, think) for r, c in zip(rows, codes)]
+            codes = _encode_shard(rows, tokenizer, batch_size, skip_invalid)
+            prepared = [_prepared_row(r, c, task, template, think) for r, c in zip(rows, codes) if c is not None]
             name = _shard_name(k, n_shards)
             tmp = out / (name + ".tmp")
             # pyarrow directly: the table keeps datasets' feature metadata, without a progress bar per shard.
@@ -393,6 +408,8 @@ def load_prepared(output_dir: str | Path) -> datasets.Dataset:
                 raise UsageError(f"{out / name}, row {offset + row}: `{column}` is empty ({nulls} such rows)")
         tables.append(table.select(list(PREPARED_FEATURES)).cast(PREPARED_FEATURES.arrow_schema))
         offset += len(table)
+    if offset == 0:
+        raise UsageError(f"{out}: the prepared dataset has no rows (every row was skipped as invalid?)")
     return datasets.Dataset(InMemoryTable(pa.concat_tables(tables)))
 
 
@@ -491,6 +508,7 @@ def run(config: PrepareConfig) -> datasets.Dataset:
         batch_size=config.batch_size,
         tokenizer_id=config.mask_tokenizer_id,
         progress=config.progress,
+        skip_invalid=config.skip_invalid,
     )
 
 

@@ -6,12 +6,17 @@ sam2, hydra and omegaconf are imported inside the builders, never at import time
 from __future__ import annotations
 
 import importlib.resources
+import pickle
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
+import yaml
+from safetensors import SafetensorError
 from safetensors.torch import load_file
+
+from samtok_rl.errors import UsageError
 
 
 if TYPE_CHECKING:
@@ -26,15 +31,21 @@ DEFAULT_SAM2_CONFIG = "configs/sam2.1/sam2.1_hiera_l.yaml"
 MICRO_SAM2_CONFIG = "sam2_micro.yaml"
 
 
-class CheckpointMismatchError(RuntimeError):
-    """A state dict does not match the model's keys or shapes."""
+class CheckpointMismatchError(UsageError):
+    """A checkpoint file is unreadable, or its state dict does not match the model's keys or shapes."""
 
 
 def _load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
     """Flat tensor dict from a `.pth` (weights_only) or `.safetensors` file."""
-    if path.suffix == ".safetensors":
-        return load_file(str(path), device="cpu")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    if not path.is_file():
+        raise CheckpointMismatchError(f"{path}: no such checkpoint file")
+    try:
+        if path.suffix == ".safetensors":
+            return load_file(str(path), device="cpu")
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (SafetensorError, RuntimeError, EOFError, pickle.UnpicklingError, OSError, ValueError) as err:
+        # An empty, truncated or non-checkpoint file (weights_only also refuses pickled code).
+        raise CheckpointMismatchError(f"{path}: not a readable checkpoint ({str(err).splitlines()[0]:.120})") from err
     if not isinstance(state, dict):
         raise CheckpointMismatchError(f"{path}: expected a flat dict of tensors, got {type(state).__name__}")
     return state
@@ -70,11 +81,18 @@ def _read_config(sam2_config: str | Path):
 
 def _build_sam2_base(sam2_config: str | Path) -> SAM2Base:
     """Instantiate `SAM2Base` from a sam2 hydra YAML (path, `samtok_rl/configs` name or sam2 packaged name)."""
+    from hydra.errors import HydraException
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
 
-    cfg = _read_config(sam2_config)
-    OmegaConf.resolve(cfg)
-    # Instantiate the model node directly rather than through sam2.build_sam2: build_sam2 would switch on
-    # dynamic_multimask_via_stability (apply_postprocessing), which the original tokenizer does not use.
-    return instantiate(cfg.model, _recursive_=True)
+    try:
+        cfg = _read_config(sam2_config)
+        OmegaConf.resolve(cfg)
+        # Instantiate the model node directly rather than through sam2.build_sam2: build_sam2 would switch on
+        # dynamic_multimask_via_stability (apply_postprocessing), which the original tokenizer does not use.
+        return instantiate(cfg.model, _recursive_=True)
+    except (yaml.YAMLError, OmegaConfBaseException, HydraException, FileNotFoundError) as err:
+        raise UsageError(
+            f"sam2 config {str(sam2_config)!r} does not build a SAM 2 model: {str(err).splitlines()[0]:.160}"
+        ) from err

@@ -351,6 +351,10 @@ class MaskTokenizer(nn.Module):
             raise ValueError(
                 f"masks must have shape (K, {height}, {width}) to match the image, got {tuple(masks.shape)}"
             )
+        if masks.is_floating_point():
+            bad = torch.nonzero(~torch.isfinite(masks).flatten(1).all(dim=1)).flatten().tolist()
+            if bad:  # NaN != 0 is True: a NaN mask would silently encode as the full image
+                raise ValueError(f"mask {bad[0]} holds NaN or infinite values; masks are 0/1 or bool")
         masks = masks.detach().cpu() != 0  # (K, H, W) bool
         empty = torch.nonzero(~masks.flatten(1).any(dim=1)).flatten().tolist()
         if empty:
