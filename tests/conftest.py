@@ -45,3 +45,26 @@ def no_java(monkeypatch):
     from samtok_rl.metrics import gcg as gcg_module
 
     monkeypatch.setattr(gcg_module, "java_available", lambda: False)
+
+
+class FixedCodes:
+    """Stands in for the mask tokenizer in data preparation: deterministic codes, no SAM2 forward."""
+
+    def encode(self, image, masks):
+        import numpy as np
+
+        k = np.arange(len(masks), dtype=np.int64)
+        return np.stack([(k * 37 + 11) % 256, (k * 91 + 5) % 256], axis=1)  # (K, 2)
+
+
+@pytest.fixture(scope="session")
+def datasets_dir(tmp_path_factory) -> dict[str, str]:
+    """The bundled sample prepared for both tasks (fixed codes): `{"gres": folder, "gcg": folder}`."""
+    from samtok_rl.prepare import prepare, read_source
+
+    root = tmp_path_factory.mktemp("prepared")
+    out = {}
+    for task in ("gres", "gcg"):
+        prepare(read_source(task, sample=True), task, root / task, FixedCodes, tokenizer_id="fixed", progress=False)
+        out[task] = str(root / task)
+    return out

@@ -155,7 +155,7 @@ def test_grefcoco_rle_size_mismatch(copy_sample):
 
     _edit(instances, shrink)
     with pytest.raises(
-        DataError, match=r"grefs\(unc\)\.json: ref #6 \(ref_id=6\), annotation 10: .*size \[100, 100\]"
+        DataError, match=r"grefs\(unc\)\.json: ref #6 \(ref_id=6\), annotation 10 of .*instances.json: .*size \[100, 100\]"
     ):
         read_grefcoco(refs, instances, copy_sample / "images")
     with pytest.warns(UserWarning, match="skipped 1 invalid row"):

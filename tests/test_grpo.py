@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import yaml
@@ -14,7 +13,7 @@ from transformers import AutoModelForImageTextToText
 from rewards import REWARDS
 from samtok_rl import checks, grpo, loading
 from samtok_rl.errors import UsageError
-from samtok_rl.prepare import prepare, read_source
+from samtok_rl.prepare import read_source
 from samtok_rl.tiny import build_tiny_vlm
 
 
@@ -37,24 +36,6 @@ def text_hash_reward(prompts, completions, **kwargs) -> list[float]:
 
 
 VARYING = f"{Path(__file__).resolve()}:text_hash_reward"
-
-
-class FixedCodes:
-    """Stands in for the mask tokenizer in data preparation: deterministic codes, no SAM2 forward."""
-
-    def encode(self, image, masks):
-        k = np.arange(len(masks), dtype=np.int64)
-        return np.stack([(k * 37 + 11) % 256, (k * 91 + 5) % 256], axis=1)  # (K, 2)
-
-
-@pytest.fixture(scope="session")
-def datasets_dir(tmp_path_factory) -> dict[str, str]:
-    root = tmp_path_factory.mktemp("prepared")
-    out = {}
-    for task in ("gres", "gcg"):
-        prepare(read_source(task, sample=True), task, root / task, FixedCodes, tokenizer_id="fixed", progress=False)
-        out[task] = str(root / task)
-    return out
 
 
 @pytest.fixture(scope="session")

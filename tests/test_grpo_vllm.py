@@ -13,11 +13,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 from test_vllm_on_policy import LOGP_TOL
 
-from samtok_rl.prepare import prepare, read_source
 from samtok_rl.tiny import build_tiny_vlm
 
 
@@ -33,19 +31,9 @@ VLLM_ENV = {
 }
 
 
-class FixedCodes:
-    """Deterministic stand-in for the mask tokenizer in data preparation (no SAM2 forward)."""
-
-    def encode(self, image, masks):
-        k = np.arange(len(masks), dtype=np.int64)
-        return np.stack([(k * 37 + 11) % 256, (k * 91 + 5) % 256], axis=1)
-
-
 @pytest.fixture(scope="module")
-def gres_dir(tmp_path_factory) -> str:
-    out = tmp_path_factory.mktemp("prepared") / "gres"
-    prepare(read_source("gres", sample=True), "gres", out, FixedCodes, tokenizer_id="fixed", progress=False)
-    return str(out)
+def gres_dir(datasets_dir) -> str:
+    return datasets_dir["gres"]
 
 
 def test_colocate_grpo_two_steps(tmp_path, gres_dir):

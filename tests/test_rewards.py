@@ -10,8 +10,8 @@ import pytest
 import rewards
 from rewards import PRESETS, REWARDS, bind_tokenizer, resolve
 from rewards.gres import no_target_score
-from samtok_rl.errors import UsageError
 from rewards.matching import graded_set_score, hungarian_set_score
+from samtok_rl.errors import UsageError
 from samtok_rl.parsing import find_span_codes
 from samtok_rl.tokens import format_mask
 

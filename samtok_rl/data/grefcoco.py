@@ -129,7 +129,11 @@ def read_grefcoco(
                     f"{where}: image {path} is {height}x{width} (HxW) but {instances_file} says "
                     f"{image_info['height']}x{image_info['width']}"
                 )
-            targets = [] if ann_ids == [-1] else _instances(ann_ids, annotations, instance_rles, image_info, where)
+            targets = (
+                []
+                if ann_ids == [-1]
+                else _instances(ann_ids, annotations, instance_rles, image_info, where, instances_file)
+            )
         except DataError as err:
             skipped.record(err, rows=max(len(sentences), 1))
             continue
@@ -176,7 +180,7 @@ def _index(instances, key: str, fields: tuple[str, ...], path: Path) -> dict:
     return {entry["id"]: entry for entry in instances[key]}
 
 
-def _instances(ann_ids, annotations, cache, image_info, where) -> list[tuple[int, dict]]:
+def _instances(ann_ids, annotations, cache, image_info, where, instances_file) -> list[tuple[int, dict]]:
     """The ref's usable target instances as `(ann_id, rle)`, in SAMTok's answer order (box centre x, then y)."""
     height, width = image_info["height"], image_info["width"]
     targets = []
@@ -190,7 +194,9 @@ def _instances(ann_ids, annotations, cache, image_info, where) -> list[tuple[int
             if ann.get("iscrowd", 0):
                 cache[ann_id] = None  # crowd regions are skipped, as ReLA does
             else:
-                rle = segmentation_to_rle(ann["segmentation"], height, width, f"{where}, annotation {ann_id}")
+                rle = segmentation_to_rle(
+                    ann["segmentation"], height, width, f"{where}, annotation {ann_id} of {instances_file}"
+                )
                 # A polygon-free or zero-area instance cannot be encoded (SAMTok needs a box); treat as absent.
                 cache[ann_id] = rle if rle is not None and rle_area(rle) > 0 else None
         if cache[ann_id] is not None:

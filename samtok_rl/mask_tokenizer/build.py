@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from samtok_rl.errors import UsageError
+from samtok_rl.files import check_local_path
 from samtok_rl.mask_tokenizer.micro import build_micro_mask_tokenizer
 from samtok_rl.mask_tokenizer.tokenizer import MaskTokenizer
 
@@ -86,4 +87,5 @@ def build_mask_tokenizer(
         )
     if str(source) == MICRO:
         return build_micro_mask_tokenizer(seed=0, device=device)
+    check_local_path(str(source), "mask_tokenizer")  # a missing local path is not a Hub id to retry for minutes
     return MaskTokenizer.from_pretrained(source, device=device, drop_memory_modules=drop_memory_modules)

@@ -45,7 +45,9 @@ def _load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except (SafetensorError, RuntimeError, EOFError, pickle.UnpicklingError, OSError, ValueError) as err:
         # An empty, truncated or non-checkpoint file (weights_only also refuses pickled code).
-        raise CheckpointMismatchError(f"{path}: not a readable checkpoint ({str(err).splitlines()[0]:.120})") from err
+        raise CheckpointMismatchError(
+            f"{path}: not a readable checkpoint ({(str(err).splitlines() or [type(err).__name__])[0]:.120})"
+        ) from err
     if not isinstance(state, dict):
         raise CheckpointMismatchError(f"{path}: expected a flat dict of tensors, got {type(state).__name__}")
     return state
@@ -94,5 +96,5 @@ def _build_sam2_base(sam2_config: str | Path) -> SAM2Base:
         return instantiate(cfg.model, _recursive_=True)
     except (yaml.YAMLError, OmegaConfBaseException, HydraException, FileNotFoundError) as err:
         raise UsageError(
-            f"sam2 config {str(sam2_config)!r} does not build a SAM 2 model: {str(err).splitlines()[0]:.160}"
+            f"sam2 config {str(sam2_config)!r} does not build a SAM 2 model: {(str(err).splitlines() or [type(err).__name__])[0]:.160}"
         ) from err
