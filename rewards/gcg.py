@@ -87,7 +87,8 @@ def gcg_phrase_reward(
 ) -> list[float | None]:
     """Reference GCG phrase score: unique predicted phrases found among the GT phrases / max(#pred, #GT).
 
-    Phrases are lower-cased and whitespace-normalised; only phrases followed by a span count. 1.0 when the
+    Phrases are compared by `samtok_rl.parsing.phrase_key` (split on single spaces and lower-cased, as the reference);
+    only phrases followed by a span count. 1.0 when the
     reference has no phrase; a missing response gives 0.
 
     Example:

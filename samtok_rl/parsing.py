@@ -34,6 +34,7 @@ __all__ = [
     "parse_gcg_output",
     "parse_gres",
     "parse_mask_ids",
+    "phrase_key",
     "parse_masks",
     "split_think_answer",
 ]
@@ -290,14 +291,25 @@ def parse_gcg(text: str) -> tuple[str, list[str], list[tuple[int, int] | None]]:
     return gcg_caption(text), phrases, codes
 
 
+def phrase_key(phrase: str) -> str:
+    """How the reward rules compare phrases: split on single spaces, empty pieces dropped, lower-cased, joined with
+    one space (CycleGRPO's rule). Only spaces separate words: `a\\tman` and `a\\u00a0man` stay one word each.
+
+    Example:
+    >>> phrase_key(" White  Pumpkin "), phrase_key("a\\tman") == phrase_key("a man")
+    ('white pumpkin', False)
+    """
+    return " ".join(piece for piece in phrase.split(" ") if piece).lower()
+
+
 def gcg_pairs(text: str) -> list[tuple[str, tuple[str, str]]]:
     """The reward grammar's GCG (phrase key, codes) pairs of `text`, in order, duplicates kept.
 
     A pair is `<|object_ref_start|>`, a phrase without a newline, optional whitespace, `<|object_ref_end|>`,
     optional whitespace and a span (code tokens of any digit count): the reference reward's regex
     `START(.*?)\\s*END\\s*<span>`, whose matches this reproduces exactly (property-tested against it) in linear
-    time. The phrase key is lower-cased with whitespace runs collapsed (`""` for an empty phrase); the codes are the
-    two digit strings of the span, compared as strings. Phrases without a span are skipped.
+    time. The phrase key is `phrase_key(phrase)` (`""` for an empty phrase); the codes are the two digit strings of
+    the span, compared as strings. Phrases without a span are skipped.
 
     Example:
     >>> gcg_pairs("A <|object_ref_start|> White  Pumpkin <|object_ref_end|> <|mt_start|><|mt_0001|><|mt_0258|><|mt_end|>")
@@ -334,7 +346,7 @@ def gcg_pairs(text: str) -> list[tuple[str, tuple[str, str]]]:
             end = good[n]
             m = spans[end]
             phrase = text[body:end]
-            out.append((" ".join(phrase.split()).lower(), (m.group(1), m.group(2))))
+            out.append((phrase_key(phrase), (m.group(1), m.group(2))))
             at = m.end()
         else:
             at = i + 1

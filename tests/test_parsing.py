@@ -28,7 +28,8 @@ texts = st.lists(st.sampled_from(PIECES), max_size=40).map("".join)
 
 
 def pairs_oracle(text: str):
-    return [(" ".join(p.split()).lower(), (a, b)) for p, a, b in PAIR_ORACLE.findall(text)]
+    # The reference key: split on single spaces, empty pieces dropped, lower-cased (CycleGRPO's phrase rule).
+    return [(" ".join(w for w in p.split(" ") if w).lower(), (a, b)) for p, a, b in PAIR_ORACLE.findall(text)]
 
 
 def parse_gcg_oracle(text: str):

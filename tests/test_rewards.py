@@ -510,3 +510,10 @@ def test_mask_iou_reward_on_micro_tokenizer(tmp_path, golden_a):
     tokenizer.clear_cache()
     assert reward(None, [other], gt_masks=[None]) == [None]
     assert reward(None, [other]) == [None]
+
+
+def test_gcg_phrases_split_on_single_spaces_as_the_reference():
+    """CycleGRPO splits phrases on " " only: a tab or a non-breaking space joins two words into one."""
+    gt = f"{ref('a man')}{A}"
+    for sep, expected in ((" ", 1.0), ("  ", 1.0), ("\t", 0.0), ("\u00a0", 0.0)):
+        assert rewards.gcg_phrase_reward(None, [f"{ref(f'A{sep}man')}{A}"], solution=[gt]) == [expected], repr(sep)

@@ -8,6 +8,7 @@ Two schemas are read:
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import datasets
@@ -16,6 +17,8 @@ from samtok_rl.data._common import DataError, ImageSizes, Skipped, check_rle
 from samtok_rl.data.grefcoco import RLE, _load_json
 from samtok_rl.masks import merge_rles, rle_area
 
+
+logger = logging.getLogger(__name__)
 
 GCG_FEATURES = datasets.Features(
     {
@@ -156,6 +159,14 @@ def read_grandf_gcg_gt(
     by_image: dict[str, list[dict]] = {}
     for ann in masks["annotations"]:
         by_image.setdefault(str(ann["image_id"]), []).append(ann)
+    if any(ann.get("id") == 0 for ann in masks["annotations"]):
+        # pycocotools records a match by the GT's id, so a GT with id 0 never counts as matched in the GLaMM
+        # evaluator, which keeps the file's ids; `gcg_metrics` numbers the GT masks from 1 and counts it.
+        logger.warning(
+            "%s holds a mask annotation with id 0: the reference GLaMM evaluator never counts a match to it, "
+            "samtok-rl's AP50 does (GT ids are renumbered from 1), so the two AP50s differ",
+            mask_file,
+        )
     caption_of: dict[str, dict] = {}
     for ann in captions["annotations"]:
         caption_of.setdefault(str(ann["image_id"]), ann)
