@@ -45,6 +45,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/trainer_overhead.py
 	$(PY) benchmarks/parsing.py
 	$(PY) benchmarks/weight_sync.py
+	$(PY) benchmarks/adversarial.py
 
 # Rebuild the bundled real-photo sample from the images shipped in the scikit-image and imgaug wheels.
 sample: $(STAMP)
