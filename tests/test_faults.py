@@ -190,6 +190,13 @@ def test_a_missing_local_path_is_named_at_once_not_sent_to_the_hub(tmp_path, cap
     assert message in one_line_error(capsys, argv)
 
 
+def test_resume_from_a_missing_checkpoint_folder(tmp_path, capsys):
+    err = one_line_error(capsys, ["train", "--dataset", "sample:gres", "--reward_preset", "gres", "--mask_tokenizer",
+                                  "micro", "--use_cpu", "--model_name_or_path", "tiny:qwen2_5_vl", "--output_dir",
+                                  str(tmp_path), "--resume_from_checkpoint", "./runs/checkpoint-9", "--dry_run"])  # fmt: skip
+    assert "resume_from_checkpoint './runs/checkpoint-9' is not a folder" in err
+
+
 def test_resume_true_without_a_checkpoint(tmp_path, capsys):
     err = one_line_error(capsys, ["train", "--dataset", "sample:gres", "--reward_preset", "gres", "--mask_tokenizer",
                                   "micro", "--use_cpu", "--model_name_or_path", "tiny:qwen2_5_vl", "--output_dir",
