@@ -345,7 +345,7 @@ def gcg_pairs(text: str) -> list[tuple[str, tuple[str, str]]]:
         if n < len(good) and good[n] <= limit:
             end = good[n]
             m = spans[end]
-            phrase = text[body:end]
+            phrase = text[body:end].rstrip()  # the regex's lazy phrase leaves trailing whitespace to its `\s*`
             out.append((phrase_key(phrase), (m.group(1), m.group(2))))
             at = m.end()
         else:

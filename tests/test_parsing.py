@@ -23,6 +23,7 @@ PHRASE_ORACLE = re.compile(re.escape(OBJ_REF_START) + r"(.*?)" + re.escape(OBJ_R
 PIECES = [
     OBJ_REF_START, OBJ_REF_END, "<|mt_start|>", "<|mt_end|>", "<|mt_0001|>", "<|mt_0258|>", "<|mt_7|>",
     "<|mt_start|><|mt_0012|><|mt_0300|><|mt_end|>", " ", "  ", "\n", "\n ", "\t", "a", "Cat", "b c", "<", "|", "\r",
+    "\u00a0", "\x1c", "\u2028", "\x0b",
 ]  # fmt: skip
 texts = st.lists(st.sampled_from(PIECES), max_size=40).map("".join)
 
