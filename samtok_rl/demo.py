@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import yaml
 from trl import GRPOConfig, ModelConfig
 
 from samtok_rl import grpo, loading
@@ -118,8 +119,10 @@ def main(argv: Sequence[str] | None = None):
     )
     setup_logging()
     out = Path(training_args.output_dir)
-    if training_args.resume_from_checkpoint is None and out.is_dir():
-        # The demo starts over each time (a training run into a used output_dir is refused otherwise).
+    default_out = yaml.safe_load(DEMO_RECIPE.read_text())["output_dir"]
+    if training_args.resume_from_checkpoint is None and out.is_dir() and out == Path(default_out):
+        # `make demo` starts over in its own folder each time; any other output_dir follows the training rule (a
+        # used folder is refused, never replaced).
         print(f"samtok-rl demo: replacing the previous demo run in {out}")
         shutil.rmtree(out)
     warm = None
