@@ -7,6 +7,7 @@ checks, which need the processor). They all run in `--dry_run` too.
 from __future__ import annotations
 
 import inspect
+import logging
 import os
 import re
 from pathlib import Path
@@ -20,6 +21,9 @@ from samtok_rl.files import check_local_path
 from samtok_rl.mask_tokenizer import CHECKPOINT_NAME, MICRO
 from samtok_rl.prepare import PREPARED_FEATURES
 from samtok_rl.tokens import MASK_TOKENS, format_mask, missing_mask_tokens
+
+
+logger = logging.getLogger(__name__)
 
 
 def required_columns(funcs) -> set[str]:
@@ -194,3 +198,9 @@ def check_recipe(script_args, training_args, model_args) -> None:
         raise UsageError("sync_ref_model does not work with PEFT")
     check_training_values(training_args)
     check_add_mask_tokens(script_args, training_args)
+    if training_args.use_vllm and not training_args.vllm_importance_sampling_correction:
+        # TRL computes (and logs) vLLM's logprob gap only for its importance-sampling correction.
+        logger.warning(
+            "vllm_importance_sampling_correction is off: the per-step gap between vLLM's and the trainer's logprobs "
+            "(sampling/sampling_logp_difference) is not logged, so off-policy drift would go unseen"
+        )
