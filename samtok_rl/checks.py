@@ -170,7 +170,11 @@ def resolve_resume(training_args) -> str | None:
         raise UsageError(
             f"checkpoint {str(checkpoint)!r} has no config.json (nor adapter_config.json): not a checkpoint"
         )
-    has_optimizer = (checkpoint / "optimizer.pt").is_file() or any(checkpoint.glob("global_step*"))
+    # Where the Trainer keeps the optimizer: optimizer.pt; FSDP (accelerate) optimizer.bin or optimizer_0/;
+    # DeepSpeed global_step*/.
+    has_optimizer = any(
+        (checkpoint / name).exists() for name in ("optimizer.pt", "optimizer.bin", "optimizer_0")
+    ) or any(checkpoint.glob("global_step*"))
     for needed, present in (("trainer_state.json", (checkpoint / "trainer_state.json").is_file()),
                             ("optimizer state (optimizer.pt)", has_optimizer)):  # fmt: skip
         if not present:
