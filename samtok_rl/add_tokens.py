@@ -11,13 +11,14 @@ must be on disk before training starts. Train from the folder this writes (`mode
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
-from samtok_rl.cli import config_parser
+from samtok_rl.cli import config_parser, report_errors
 from samtok_rl.errors import UsageError
 from samtok_rl.logs import setup_logging
 from samtok_rl.tokens import MASK_TOKENS, add_mask_tokens
@@ -68,4 +69,4 @@ def main(argv: Sequence[str] | None = None) -> Path:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(report_errors("add-mask-tokens", main))

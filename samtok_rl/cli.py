@@ -92,9 +92,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"samtok-rl {command}: {module_name} is not available in this installation ({err})", file=sys.stderr)
         return 1
-    debug = "--debug" in rest or os.environ.get("SAMTOK_RL_DEBUG", "") not in ("", "0")
+    return report_errors(command, module.main, rest)
+
+
+def report_errors(command: str, entry, argv: Sequence[str] | None = None) -> int:
+    """Call `entry(argv)` and report a `UsageError` as one line (`samtok-rl <command>: error: …`), exit status 2.
+
+    `--debug` in `argv` or `SAMTOK_RL_DEBUG=1` lets the error (and its traceback) through; any other exception is a
+    bug and keeps its traceback. The modules' `python -m` entry points use it too (`accelerate launch -m …`).
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or os.environ.get("SAMTOK_RL_DEBUG", "") not in ("", "0")
     try:
-        module.main([arg for arg in rest if arg != "--debug"])
+        entry([arg for arg in argv if arg != "--debug"])
     except UsageError as err:
         if debug:
             raise
@@ -102,7 +112,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"samtok-rl {command}: error: {err}", file=sys.stderr)
         return 2
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

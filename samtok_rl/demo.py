@@ -24,7 +24,7 @@ import yaml
 from trl import GRPOConfig, ModelConfig
 
 from samtok_rl import grpo, loading
-from samtok_rl.cli import config_parser
+from samtok_rl.cli import config_parser, report_errors
 from samtok_rl.configs import SamtokScriptArguments
 from samtok_rl.logs import setup_logging
 from samtok_rl.tiny import resolve_model_path
@@ -137,4 +137,4 @@ def main(argv: Sequence[str] | None = None):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(report_errors("demo", main))

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -31,7 +32,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 from transformers import AutoTokenizer, set_seed
 
-from samtok_rl.cli import config_parser
+from samtok_rl.cli import config_parser, report_errors
 from samtok_rl.data import read_grandf_gcg_gt, read_grefcoco, sample_paths
 from samtok_rl.errors import UsageError
 from samtok_rl.files import check_local_path, open_rgb
@@ -581,4 +582,4 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(report_errors("eval", main))

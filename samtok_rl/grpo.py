@@ -28,7 +28,7 @@ from samtok_rl.checks import (
     check_tasks,
     resolve_resume,
 )
-from samtok_rl.cli import config_parser
+from samtok_rl.cli import config_parser, report_errors
 from samtok_rl.configs import SamtokScriptArguments
 from samtok_rl.errors import UsageError
 from samtok_rl.loading import (
@@ -177,4 +177,4 @@ def main(script_args=None, training_args=None, model_args=None):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(report_errors("train", main))

@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import random
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +30,7 @@ import pyarrow.parquet as pq
 from datasets.table import InMemoryTable
 from tqdm.auto import tqdm
 
-from samtok_rl.cli import config_parser
+from samtok_rl.cli import config_parser, report_errors
 from samtok_rl.data import DataError, read_grandf_gcg, read_grefcoco, sample_paths
 from samtok_rl.data.grefcoco import RLE
 from samtok_rl.errors import UsageError
@@ -527,4 +528,4 @@ def main(argv: Sequence[str] | None = None) -> datasets.Dataset:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(report_errors("prepare", main))

@@ -355,3 +355,16 @@ def test_an_unreadable_image_in_a_reader_is_named(tmp_path):
 
     with pytest.raises(UsageError, match=r"row 3: cannot read image .*y.jpg"):
         ImageSizes()(tmp_path / "y.jpg", "row 3")
+
+
+def test_python_m_entry_points_report_errors_in_one_line_too(tmp_path):
+    """`accelerate launch -m samtok_rl.grpo` and `make demo` (`python -m samtok_rl.demo`) do not go through the
+    `samtok-rl` dispatcher: their own entry points print the same one line."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "samtok_rl.grpo", "--dataset", "sample:gres", "--reward_preset", "gres",
+         "--mask_tokenizer", "micro", "--use_cpu", "--model_name_or_path", "tiny:qwen2_5_vl", "--output_dir",
+         str(tmp_path), "--beta", "-1", "--dry_run"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1] == "samtok-rl train: error: beta must be >= 0, got -1.0"
