@@ -5,6 +5,7 @@ from __future__ import annotations
 import operator
 from pathlib import Path
 
+from PIL.ImageFile import ImageFile
 from transformers import AutoTokenizer, ProcessorMixin
 from trl.trainer.utils import get_callable_name
 
@@ -39,6 +40,22 @@ class IdDecoder:
         drop = self.drop
         kept = [[i for i in (ids if isinstance(ids, list) else ids.tolist()) if i not in drop] for ids in batch_ids]
         return self.tokenizer.batch_decode(kept, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+
+
+def _log_rollout_columns(log_extra, texts: list[str], kwargs: dict) -> None:
+    """Hand TRL the per-completion columns of `samtok_rl.rollouts` (once per step: the text the rewards score and the
+    row's image path, task, reference answer and GT masks)."""
+    n = len(texts)
+    images = kwargs.get("image") or [None] * n
+    columns = {
+        "samtok_text": texts,
+        "samtok_image": [image.filename if isinstance(image, ImageFile) else None for image in images],
+        "samtok_task": kwargs.get("task") or [None] * n,
+        "samtok_solution": kwargs.get("solution") or [None] * n,
+        "samtok_gt_masks": kwargs.get("gt_masks") or [None] * n,
+    }
+    for column, values in columns.items():
+        log_extra(column, list(values))
 
 
 class TokenizerBoundReward:
@@ -88,7 +105,10 @@ class TokenizerBoundReward:
 
     def __call__(self, prompts, completions, completion_ids=None, **kwargs) -> list[float | None]:
         if completion_ids is not None:
+            fresh = _last_decode[0] is not completion_ids  # the first bound reward of this step decodes
             texts = self.decode(completion_ids)
+            if fresh and kwargs.get("log_extra") is not None:
+                _log_rollout_columns(kwargs["log_extra"], texts, kwargs)
             if completions is not None and completions and isinstance(completions[0], list):
                 completions = [[{"role": "assistant", "content": text}] for text in texts]
             else:

@@ -65,6 +65,13 @@ class SamtokScriptArguments:
             "runs only: distributed recipes run `samtok-rl add-mask-tokens` beforehand."
         },
     )
+    rollout_prompts: int = field(
+        default=4,
+        metadata={
+            "help": "Prompts per logged step whose completions (text, codes, each reward, advantage, GT) are appended "
+            "to <output_dir>/rollouts.jsonl; 0 writes none."
+        },
+    )
     max_train_samples: int | None = field(
         default=None, metadata={"help": "Keep only the first N dataset rows (debugging)."}
     )

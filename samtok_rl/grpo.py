@@ -163,6 +163,7 @@ def main(script_args=None, training_args=None, model_args=None):
         train_dataset=dataset,
         processing_class=processor,
         peft_config=make_peft_config(model_args, training_args) if model_args.use_peft else None,
+        rollout_prompts=script_args.rollout_prompts,
     )
     if resume is not None:
         logger.info("resuming from %s", resume)

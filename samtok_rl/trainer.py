@@ -8,6 +8,7 @@ The one thin subclass of TRL's trainer in samtok-rl. It overrides two things, bo
 - `_get_train_sampler`: TRL's `RepeatSampler` with `set_epoch`, so a run resumed in a later epoch draws the same prompt
   order as the uninterrupted run (see [`EpochRepeatSampler`]).
 - `_load_from_checkpoint`: full-model checkpoints are reloaded through `from_pretrained` (see below).
+- `log`: also appends the logged step's rollouts to `<output_dir>/rollouts.jsonl` (`samtok_rl.rollouts`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from peft import PeftModel
 from trl import GRPOTrainer
 from trl.trainer.utils import RepeatSampler
 
+from samtok_rl.rollouts import append_rollouts, rollout_records
 from samtok_rl.vllm_rollouts import OnPolicyVLLMGeneration, engine_kwargs_for
 
 
@@ -58,7 +60,9 @@ class SamtokGRPOTrainer(GRPOTrainer):
     Same arguments as TRL's `GRPOTrainer`; `model` must be a loaded model and `processing_class` a VLM processor.
     """
 
-    def __init__(self, model, *args, **kwargs):
+    def __init__(self, model, *args, rollout_prompts: int = 0, **kwargs):
+        self.rollout_prompts = rollout_prompts
+        self._rollouts_step = -1
         training_args = kwargs.get("args")
         if training_args is None or not training_args.use_vllm:
             super().__init__(model, *args, **kwargs)
@@ -70,6 +74,24 @@ class SamtokGRPOTrainer(GRPOTrainer):
         # call keeps all of TRL's set-up rather than copying it.
         with mock.patch.object(trl_grpo, "VLLMGeneration", generation):
             super().__init__(model, *args, **kwargs)
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        # TRL's per-completion logs of the latest generation batch are gathered from every process; the main process
+        # writes the first prompts' completions before TRL's own logging (which leaves them in place).
+        step = self.state.global_step
+        if (
+            self.rollout_prompts > 0
+            and self.model.training
+            and self.accelerator.is_main_process
+            and self._logs["prompt"]
+            and step != self._rollouts_step  # the end-of-training log repeats the last step's
+        ):
+            self._rollouts_step = step
+            records = rollout_records(
+                self._logs, step, self.num_generations, self.rollout_prompts, self.reward_weights.tolist()
+            )
+            append_rollouts(self.args.output_dir, records)
+        super().log(logs, start_time)
 
     def _get_train_sampler(self, dataset=None):
         stock = super()._get_train_sampler(dataset)

@@ -277,3 +277,30 @@ def test_resume_across_an_epoch_boundary_matches_uninterrupted_run(tmp_path, dat
     assert rewards_by_step(resumed) == pytest.approx(rewards_by_step(full))
     for (name, a), (_, b) in zip(full.model.named_parameters(), resumed.model.named_parameters()):
         torch.testing.assert_close(a, b, msg=name)
+
+
+def test_rollouts_on_disk_are_what_the_rewards_scored(tmp_path, datasets_dir, tiny_models):
+    """2 steps x 2 prompts x 2 completions: each record's text rescored by the rewards gives its logged components."""
+    import json
+
+    import rewards as reward_package
+    from samtok_rl.rollouts import ROLLOUTS_FILE
+
+    run(tmp_path, "--model_name_or_path", "tiny:qwen2_5_vl", "--dataset", datasets_dir["gres"], "--reward_preset",
+        "gres", "--reward_weights", "1", "2", "1", "1", "--rollout_prompts", "2", "--max_completion_length", "24")  # fmt: skip
+    records = [json.loads(line) for line in (tmp_path / ROLLOUTS_FILE).read_text().splitlines()]
+    assert [(r["step"], r["prompt_index"]) for r in records] == [(s, p) for s in (1, 2) for p in (0, 0, 1, 1)]
+    for r in records:
+        assert Path(r["image"]).is_file() and r["task"] == "gres" and r["solution"] and r["prompt"]
+        rescored = {
+            name: reward_package.REWARDS[name](None, [r["completion"]], solution=[r["solution"]], task=["gres"])[0]
+            for name in reward_package.PRESETS["gres"]
+        }
+        assert r["rewards"] == pytest.approx(rescored)
+        weights = dict(zip(reward_package.PRESETS["gres"], (1, 2, 1, 1)))
+        assert r["reward"] == pytest.approx(sum(weights[n] * v for n, v in rescored.items()))
+        assert isinstance(r["advantage"], float) and isinstance(r["codes"], list)
+    # A group's advantages are its rewards centred on the group mean.
+    for k in range(0, len(records), 2):
+        a, b = records[k], records[k + 1]
+        assert (a["advantage"] > b["advantage"]) == (a["reward"] > b["reward"]) or a["reward"] == b["reward"]

@@ -31,6 +31,7 @@ PINNED = {
     VLLMGeneration.sync_weights: "63d669fb32304ff5",
     GRPOTrainer.__init__: "18f01b7a46c9544b",  # builds `VLLMGeneration(...)` by its module-level name
     GRPOTrainer._get_train_sampler: "36497afb4d311dc9",
+    GRPOTrainer.log: "1e7772819cc8cf09",  # fills `_logs`, which the rollout records read, and leaves it in place
     RepeatSampler.__init__: "7898b11a3b9e9e07",  # EpochRepeatSampler replays its generator
     RepeatSampler.__iter__: "d80412d80424bd64",
     Trainer._load_from_checkpoint: "4711d0506786db15",
