@@ -464,6 +464,8 @@ class PrepareConfig:
             raise UsageError(f"task must be gres or gcg, got {self.task!r}")
         check_mask_tokenizer_source(self.mask_tokenizer, self.sam2_config, self.checkpoint)
         check_template(self.task, self.template)
+        if self.num_images is not None and self.num_images < 1:
+            raise UsageError(f"num_images must be >= 1, got {self.num_images}")
 
     @property
     def mask_tokenizer_id(self) -> str:
@@ -493,8 +495,6 @@ def run(config: PrepareConfig) -> datasets.Dataset:
         skip_invalid=config.skip_invalid,
     )
     if config.num_images is not None:
-        if config.num_images < 1:
-            raise UsageError(f"num_images must be >= 1, got {config.num_images}")
         source = source.select(select_one_per_image(source["image"], config.num_images, config.seed))
     return prepare(
         source,
