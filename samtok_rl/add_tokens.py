@@ -20,6 +20,7 @@ from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from samtok_rl.cli import config_parser, report_errors
 from samtok_rl.errors import UsageError
+from samtok_rl.files import save_checkpoint
 from samtok_rl.logs import setup_logging
 from samtok_rl.tokens import MASK_TOKENS, add_mask_tokens
 
@@ -35,6 +36,7 @@ class AddMaskTokensArguments:
     output_dir: str = field(metadata={"help": "Where to save the model and processor with the mask tokens."})
     seed: int = field(default=0, metadata={"help": "Seed of the new embedding rows' initialisation."})
     dtype: str = field(default="auto", metadata={"help": "dtype to load and save the weights in."})
+    revision: str | None = field(default=None, metadata={"help": "Hub revision of the base model."})
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow custom model code from the Hub."})
 
 
@@ -47,14 +49,16 @@ def add_mask_tokens_to_model(args: AddMaskTokensArguments) -> Path:
     out = Path(args.output_dir)
     if (out / "config.json").exists():
         raise UsageError(f"{out} already holds a model (config.json); choose another output_dir")
-    processor = AutoProcessor.from_pretrained(args.model_name_or_path, trust_remote_code=args.trust_remote_code)
+    processor = AutoProcessor.from_pretrained(
+        args.model_name_or_path, revision=args.revision, trust_remote_code=args.trust_remote_code
+    )
     model = AutoModelForImageTextToText.from_pretrained(
-        args.model_name_or_path, dtype=args.dtype, trust_remote_code=args.trust_remote_code
+        args.model_name_or_path, revision=args.revision, dtype=args.dtype, trust_remote_code=args.trust_remote_code
     )
     present = sum(t in processor.tokenizer.get_vocab() for t in MASK_TOKENS)
     add_mask_tokens(processor, model, seed=args.seed)
-    model.save_pretrained(out)
-    processor.save_pretrained(out)
+    # Written beside `out` and renamed into place: a crash never leaves a half-saved model that looks finished.
+    save_checkpoint(model, processor, out)
     logger.info("%d mask tokens added (%d were present); saved to %s", len(MASK_TOKENS) - present, present, out)
     return out
 

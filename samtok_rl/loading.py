@@ -11,13 +11,13 @@ import datasets
 from transformers import AutoModelForImageTextToText, AutoProcessor
 from trl import get_peft_config
 
+from samtok_rl.add_tokens import AddMaskTokensArguments, add_mask_tokens_to_model
 from samtok_rl.configs import SAMPLE_PREFIX
 from samtok_rl.data import sample_paths
 from samtok_rl.errors import UsageError
 from samtok_rl.files import cache_dir
 from samtok_rl.mask_tokenizer import build_mask_tokenizer
 from samtok_rl.prepare import load_prepared, prepare, read_source
-from samtok_rl.tokens import add_mask_tokens
 
 
 logger = logging.getLogger(__name__)
@@ -109,11 +109,17 @@ def add_mask_tokens_and_save(path: str, script_args, model_args, training_args) 
     with training_args.main_process_first(desc="add mask tokens"):
         if not (out / "config.json").is_file():
             logger.warning("adding the 514 SAMTok mask tokens to %s (a base model); saving it to %s", path, out)
-            processor = load_processor(path, script_args, model_args, training_args)
-            model = load_model(path, model_args, training_args)
-            add_mask_tokens(processor, model, seed=training_args.seed)
-            model.save_pretrained(out)
-            processor.save_pretrained(out)
+            # The `samtok-rl add-mask-tokens` step, run in-process; the processor's pixel limits and padding side are
+            # applied when training loads the saved folder.
+            args = AddMaskTokensArguments(
+                model_name_or_path=path,
+                output_dir=str(out),
+                seed=training_args.seed,
+                dtype=model_args.dtype or "auto",
+                revision=model_args.model_revision,
+                trust_remote_code=training_args.trust_remote_code,
+            )
+            add_mask_tokens_to_model(args)
     return str(out)
 
 

@@ -158,18 +158,40 @@ def test_fsdp2_reference_model_loads_real_weights_on_every_rank():
     assert fsdp["fsdp_cpu_ram_efficient_loading"] is False
 
 
+def save_base_model(folder: Path) -> int:
+    """A tiny base VLM without the mask tokens, saved to `folder`; returns its embedding rows."""
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    from samtok_rl.tiny import _model_config, build_tiny_processor
+
+    processor = build_tiny_processor("qwen2_5_vl")
+    base = Qwen2_5_VLForConditionalGeneration(_model_config("qwen2_5_vl", processor.tokenizer))
+    base.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return base.get_input_embeddings().weight.shape[0]
+
+
+def test_add_mask_tokens_in_a_single_process_run(tmp_path, datasets_dir):
+    from samtok_rl.tokens import MASK_TOKENS
+
+    rows = save_base_model(tmp_path / "base")
+    trainer = run(tmp_path / "run", "--model_name_or_path", str(tmp_path / "base"), "--add_mask_tokens",
+                  "--dataset", datasets_dir["gres"], "--reward_preset", "gres", "--max_steps", "1")  # fmt: skip
+    saved = tmp_path / "run" / "base_with_mask_tokens"
+    assert trainer.model.name_or_path == str(saved)
+    assert trainer.model.get_input_embeddings().weight.shape[0] == rows + len(MASK_TOKENS)
+    checks.check_mask_tokens(trainer.processing_class)
+
+
 def test_add_mask_tokens_command(tmp_path):
-    from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
+    from transformers import AutoProcessor
 
     from samtok_rl import add_tokens
-    from samtok_rl.tiny import _model_config, build_tiny_processor
+    from samtok_rl.tiny import build_tiny_processor
     from samtok_rl.tokens import MASK_TOKENS
 
     processor = build_tiny_processor("qwen2_5_vl")  # a base model: no mask tokens
-    base = Qwen2_5_VLForConditionalGeneration(_model_config("qwen2_5_vl", processor.tokenizer))
-    base.save_pretrained(tmp_path / "base")
-    processor.save_pretrained(tmp_path / "base")
-    rows = base.get_input_embeddings().weight.shape[0]
+    rows = save_base_model(tmp_path / "base")
     with pytest.raises(ValueError, match="missing from the tokenizer"):
         checks.check_mask_tokens(processor)
 
