@@ -15,7 +15,7 @@ import bisect
 import re
 from collections.abc import Sequence
 
-from samtok_rl.tokens import CODEBOOK_SIZE, MASK_START, MaskTokenIds
+from samtok_rl.tokens import CODEBOOK_SIZE, MASK_END, MASK_START, MaskTokenIds
 
 
 __all__ = [
@@ -30,6 +30,7 @@ __all__ = [
     "gcg_caption",
     "gcg_pairs",
     "has_mask_fragment",
+    "mask_spans",
     "parse_gcg",
     "parse_gcg_output",
     "parse_gres",
@@ -60,6 +61,7 @@ _FRAGMENT_RE = re.compile(r"<\|mt_(?:start|end|\d{4})\|>")
 
 
 # -- mask spans ----------------------------------------------------------------------------------------------------
+
 
 def _codes_from_numbers(numbers: Sequence[int]) -> tuple[int, int] | None:
     """Apply the reference repair conventions to the token numbers of one span.
@@ -111,12 +113,28 @@ def parse_masks(text: str, repair: bool = True) -> list[tuple[int, int]]:
             if codes is not None and (repair or codes[1] >= 0):
                 out.append(codes)
         return out
-    for body in _SPAN_RE.findall(text):
+    return [codes for _, _, codes in mask_spans(text)]
+
+
+def mask_spans(text: str) -> list[tuple[int, int, tuple[int, int]]]:
+    """Where each span [`parse_masks`] reads (with repair) sits in `text`: `(start, end, codes)`, in order.
+
+    `end` includes the span's `<|mt_end|>` when it has one. Used to mark the spans in a displayed text.
+
+    Example:
+    >>> mask_spans("a <|mt_start|><|mt_0123|><|mt_0301|><|mt_end|> b")
+    [(2, 46, (123, 45))]
+    """
+    if not isinstance(text, str) or _FRAGMENT not in text:
+        return []
+    out = []
+    for match in _SPAN_RE.finditer(text):
         # Only 4-digit tokens are vocabulary tokens; anything else counts as an out-of-range number.
-        numbers = [int(d) if len(d) == 4 else -1 for d in _CODE_RE.findall(body)[:2]]
+        numbers = [int(d) if len(d) == 4 else -1 for d in _CODE_RE.findall(match.group(1))[:2]]
         codes = _codes_from_numbers(numbers)
         if codes is not None:
-            out.append(codes)
+            end = match.end() + len(MASK_END) if text.startswith(MASK_END, match.end()) else match.end()
+            out.append((match.start(), end, codes))
     return out
 
 
@@ -194,6 +212,7 @@ def parse_mask_ids(ids: Sequence[int], mask_ids: MaskTokenIds, repair: bool = Tr
 
 
 # -- think / answer ------------------------------------------------------------------------------------------------
+
 
 def split_think_answer(text: str) -> tuple[str | None, str | None]:
     """Split a response into its think and answer parts with the reference's robust rules.

@@ -70,7 +70,7 @@ def _to_rle(mask: Any, where: str) -> dict:
     return coco_rle(rle_from_mask(arr))
 
 
-def _iou_matrix(rows: list[dict], cols: list[dict]) -> np.ndarray:
+def iou_matrix(rows: list[dict], cols: list[dict]) -> np.ndarray:
     """IoU of every row mask against every column mask, [len(rows), len(cols)], via pycocotools."""
     if not rows or not cols:
         return np.zeros((len(rows), len(cols)))
@@ -83,8 +83,29 @@ def _iou_matrix(rows: list[dict], cols: list[dict]) -> np.ndarray:
     return ious
 
 
+def greedy_pairs(ious: np.ndarray) -> list[tuple[int, int, float]]:
+    """The reference's mIoU pairing: repeatedly take the global maximum while it is > 0, then drop its row and column.
+
+    Returns `(row, column, iou)` per pair, in the order taken, with indices into the original `ious`.
+
+    Example:
+
+    >>> greedy_pairs(np.array([[0.9, 0.8], [0.8, 0.1]]))
+    [(0, 0, 0.9), (1, 1, 0.1)]
+
+    """
+    ious = np.array(ious, dtype=np.float64)
+    rows, cols = list(range(ious.shape[0])), list(range(ious.shape[1]))
+    pairs = []
+    while ious.size > 0 and ious.max() > 0:
+        r, c = np.unravel_index(np.argmax(ious), ious.shape)
+        pairs.append((rows.pop(r), cols.pop(c), float(ious[r, c])))
+        ious = np.delete(np.delete(ious, r, axis=0), c, axis=1)
+    return pairs
+
+
 def greedy_miou(ious: np.ndarray) -> float:
-    """The reference's per-image mIoU: greedy pairing on the global maximum while it is > 0; 0 if nothing pairs.
+    """The reference's per-image mIoU: the mean IoU of [`greedy_pairs`]; 0 if nothing pairs.
 
     `ious` is [#pred, #GT] (the orientation does not change the result). Unpaired masks are not penalised.
 
@@ -94,12 +115,7 @@ def greedy_miou(ious: np.ndarray) -> float:
     0.5
 
     """
-    ious = np.array(ious, dtype=np.float64)
-    paired = []
-    while ious.size > 0 and ious.max() > 0:
-        r, c = np.unravel_index(np.argmax(ious), ious.shape)
-        paired.append(ious[r, c])
-        ious = np.delete(np.delete(ious, r, axis=0), c, axis=1)
+    paired = [iou for _, _, iou in greedy_pairs(ious)]
     return float(np.mean(paired)) if paired else 0.0
 
 
@@ -348,13 +364,13 @@ def gcg_metrics(
     num_labels = 0
     mismatched, failed = [], []
     for i, (pred, ref) in enumerate(zip(predictions, references)):
-        mious.append(greedy_miou(_iou_matrix(pred_rles[i], gt_rles[i])))
+        mious.append(greedy_miou(iou_matrix(pred_rles[i], gt_rles[i])))
 
         num_labels += len(ref["labels"])  # counted before pairing, as in the reference
         phrases = list(pred["phrases"])
         if len(phrases) != len(pred_rles[i]):
             mismatched.append(i)
-        ious = _iou_matrix(gt_rles[i], pred_rles[i])  # [GT, pred], the reference's orientation for Recall
+        ious = iou_matrix(gt_rles[i], pred_rles[i])  # [GT, pred], the reference's orientation for Recall
         if ious.size == 0 or ious.max() < IOU_THRESHOLD:
             continue  # the loop stops before reading any text similarity
         if phrases:

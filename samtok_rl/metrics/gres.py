@@ -5,6 +5,7 @@ Reference: henghuiding/ReLA `gres_model/evaluation/refer_evaluation.py` and the 
 """
 
 from collections.abc import Iterable, Sequence
+from typing import NamedTuple
 
 import numpy as np
 
@@ -42,6 +43,45 @@ def union_masks(masks: Iterable[np.ndarray], shape: tuple[int, int]) -> np.ndarr
             raise ValueError(f"union_masks: mask {k} has shape {mask.shape}, expected {out.shape}")
         out |= mask.astype(bool)
     return out
+
+
+class GresSample(NamedTuple):
+    """One sample's share of the GRES metrics (see [`gres_sample`])."""
+
+    iou: float  # its term of gIoU's mean: 1 or 0 on a no-target sample, I/U on a target sample
+    inter: int  # its ΣI term
+    union: int  # its ΣU term
+    outcome: str  # ReLA's counter: "TP", "FN", "FP" or "TN" ("positive" = "no target")
+
+
+def gres_sample(pred: np.ndarray, gt: np.ndarray, where: str = "sample") -> GresSample:
+    """One sample's IoU, cIoU terms and no-target outcome, as [`gres_metrics`] counts them (it sums these).
+
+    Example:
+
+    >>> gres_sample(np.zeros((2, 2), bool), np.zeros((2, 2), bool))  # no target, answered with no target
+    GresSample(iou=1.0, inter=0, union=0, outcome='TP')
+    >>> gres_sample(np.ones((2, 2), bool), np.array([[1, 0], [0, 0]], bool))
+    GresSample(iou=0.25, inter=1, union=4, outcome='TN')
+
+    """
+    pred = np.asarray(pred).astype(bool)
+    gt = np.asarray(gt).astype(bool)
+    if pred.ndim != 2 or pred.shape != gt.shape:
+        raise ValueError(
+            f"gres_metrics: {where}: prediction shape {pred.shape} does not match ground-truth shape "
+            f"{gt.shape} (both must be (H, W) at the original image size)"
+        )
+    union = int(np.logical_or(pred, gt).sum())
+    pred_nt = not pred.any()
+    if not gt.any():
+        # No-target sample: a hit scores IoU 1 and adds nothing to cIoU; a miss adds its false-positive area to ΣU,
+        # so hallucinated masks lower cIoU too.
+        return GresSample(1.0, 0, 0, "TP") if pred_nt else GresSample(0.0, 0, union, "FN")
+    if pred_nt:  # a rejected target: ReLA sets I = 0 (it already is: the prediction is empty)
+        return GresSample(0.0, 0, union, "FP")
+    inter = int(np.logical_and(pred, gt).sum())
+    return GresSample(inter / union, inter, union, "TN")  # union >= |gt| > 0 here
 
 
 def gres_metrics(pred_masks: Sequence[np.ndarray], gt_masks: Sequence[np.ndarray]) -> dict[str, float | int]:
@@ -101,37 +141,13 @@ def gres_metrics(pred_masks: Sequence[np.ndarray], gt_masks: Sequence[np.ndarray
     nt = {"TP": 0, "FN": 0, "FP": 0, "TN": 0}
     target_ious = []
     for idx, (pred, gt) in enumerate(zip(pred_masks, gt_masks)):
-        pred = np.asarray(pred).astype(bool)
-        gt = np.asarray(gt).astype(bool)
-        if pred.ndim != 2 or pred.shape != gt.shape:
-            raise ValueError(
-                f"gres_metrics: sample {idx}: prediction shape {pred.shape} does not match ground-truth shape "
-                f"{gt.shape} (both must be (H, W) at the original image size)"
-            )
-        inter = int(np.logical_and(pred, gt).sum())
-        union = int(np.logical_or(pred, gt).sum())
-        pred_nt = not pred.any()
-
-        if not gt.any():
-            # No-target sample: a hit scores IoU 1 and adds nothing to cIoU; a miss adds its false-positive area
-            # to ΣU, so hallucinated masks lower cIoU too.
-            if pred_nt:
-                nt["TP"] += 1
-                sum_iou += 1.0
-            else:
-                nt["FN"] += 1
-                sum_u += union
-        else:
-            if pred_nt:
-                nt["FP"] += 1
-                inter = 0  # ReLA sets I = 0 for a rejected target (it already is: the prediction is empty)
-            else:
-                nt["TN"] += 1
-            iou = inter / union  # union >= |gt| > 0 here
-            sum_iou += iou
-            sum_i += inter
-            sum_u += union
-            target_ious.append(iou)
+        sample = gres_sample(pred, gt, where=f"sample {idx}")
+        nt[sample.outcome] += 1
+        sum_iou += sample.iou
+        sum_i += sample.inter
+        sum_u += sample.union
+        if sample.outcome in ("FP", "TN"):
+            target_ious.append(sample.iou)
 
     n = len(gt_masks)
     n_no_target = nt["TP"] + nt["FN"]
