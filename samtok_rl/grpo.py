@@ -40,6 +40,8 @@ from samtok_rl.loading import (
     make_peft_config,
 )
 from samtok_rl.logs import setup_logging
+from samtok_rl.prepare import prepared_tokenizer
+from samtok_rl.rollouts import write_run_info
 from samtok_rl.tiny import resolve_model_path
 from samtok_rl.tokens import MASK_TOKENS
 from samtok_rl.trainer import SamtokGRPOTrainer
@@ -165,6 +167,12 @@ def main(script_args=None, training_args=None, model_args=None):
         peft_config=make_peft_config(model_args, training_args) if model_args.use_peft else None,
         rollout_prompts=script_args.rollout_prompts,
     )
+    if trainer.accelerator.is_main_process:
+        write_run_info(
+            training_args.output_dir,
+            script_args.mask_tokenizer or prepared_tokenizer(script_args.dataset),
+            script_args.dataset, specs, training_args.reward_weights, training_args.num_generations,
+        )  # fmt: skip
     if resume is not None:
         logger.info("resuming from %s", resume)
     trainer.train(resume_from_checkpoint=resume)

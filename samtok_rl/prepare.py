@@ -375,6 +375,14 @@ def prepare(
     return load_prepared(out)
 
 
+def prepared_tokenizer(output_dir: str | Path) -> str | None:
+    """The mask tokenizer a prepared folder's GT codes were made with, as its manifest records it (None if unknown)."""
+    path = Path(output_dir) / MANIFEST
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text()).get("settings", {}).get("tokenizer") or None
+
+
 def load_prepared(output_dir: str | Path) -> datasets.Dataset:
     """Load a folder written by [`prepare`] as one in-memory `datasets.Dataset`.
 

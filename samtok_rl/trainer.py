@@ -1,6 +1,6 @@
 """`SamtokGRPOTrainer`: TRL's `GRPOTrainer` with on-policy vLLM rollouts and a resume that restores the weights.
 
-The one thin subclass of TRL's trainer in samtok-rl. It overrides two things, both pinned to the TRL release in
+The one thin subclass of TRL's trainer in samtok-rl. It overrides four methods, all pinned to the TRL release in
 `samtok_rl.vllm_rollouts.TRL_VERSION` by `tests/test_trl_pins.py`:
 
 - `__init__`: with `use_vllm`, TRL's `VLLMGeneration` is replaced by [`OnPolicyVLLMGeneration`] for the duration of
@@ -9,6 +9,9 @@ The one thin subclass of TRL's trainer in samtok-rl. It overrides two things, bo
   order as the uninterrupted run (see [`EpochRepeatSampler`]).
 - `_load_from_checkpoint`: full-model checkpoints are reloaded through `from_pretrained` (see below).
 - `log`: also appends the logged step's rollouts to `<output_dir>/rollouts.jsonl` (`samtok_rl.rollouts`).
+
+It also swaps transformers' dict-printing log callbacks for one compact line per step and a `metrics.jsonl`
+(`samtok_rl.runlog`).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from trl import GRPOTrainer
 from trl.trainer.utils import RepeatSampler
 
 from samtok_rl.rollouts import append_rollouts, rollout_records
+from samtok_rl.runlog import use_compact_logs
 from samtok_rl.vllm_rollouts import OnPolicyVLLMGeneration, engine_kwargs_for
 
 
@@ -66,14 +70,16 @@ class SamtokGRPOTrainer(GRPOTrainer):
         training_args = kwargs.get("args")
         if training_args is None or not training_args.use_vllm:
             super().__init__(model, *args, **kwargs)
-            return
-        generation = functools.partial(
-            OnPolicyVLLMGeneration, engine_kwargs=engine_kwargs_for(kwargs["processing_class"], training_args, model)
-        )
-        # TRL builds its generation backend by this module-level name inside `__init__`; swapping the name for the
-        # call keeps all of TRL's set-up rather than copying it.
-        with mock.patch.object(trl_grpo, "VLLMGeneration", generation):
-            super().__init__(model, *args, **kwargs)
+        else:
+            generation = functools.partial(
+                OnPolicyVLLMGeneration,
+                engine_kwargs=engine_kwargs_for(kwargs["processing_class"], training_args, model),
+            )
+            # TRL builds its generation backend by this module-level name inside `__init__`; swapping the name for
+            # the call keeps all of TRL's set-up rather than copying it.
+            with mock.patch.object(trl_grpo, "VLLMGeneration", generation):
+                super().__init__(model, *args, **kwargs)
+        use_compact_logs(self)
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         # TRL's per-completion logs of the latest generation batch are gathered from every process; the main process

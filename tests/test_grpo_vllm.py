@@ -6,8 +6,8 @@ weight sync of server mode needs CUDA and is covered by the `gpu` test at the en
 
 from __future__ import annotations
 
+import json
 import os
-import re
 import socket
 import subprocess
 import sys
@@ -54,7 +54,9 @@ def test_colocate_grpo_two_steps(tmp_path, gres_dir):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
     assert "samtok-rl: 2 steps" in proc.stdout
     # TRL's sampling metrics (fp32 on both sides): vLLM's logprob of each sampled token vs the trainer's.
-    gaps = [float(g) for g in re.findall(r"'sampling/sampling_logp_difference/max': '?([0-9.e-]+)", proc.stdout)]
+    # The full metrics are in metrics.jsonl (the console shows one compact line per step).
+    entries = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    gaps = [e["sampling/sampling_logp_difference/max"] for e in entries if "sampling/sampling_logp_difference/max" in e]
     print(f"colocated GRPO sampling_logp_difference/max per step: {gaps}")
     assert len(gaps) == 2 and max(gaps) < LOGP_TOL, gaps
     tables = sorted((tmp_path / "completions").glob("*.parquet"))
