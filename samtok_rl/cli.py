@@ -1,4 +1,4 @@
-"""The `samtok-rl` command: `samtok-rl {prepare,train,eval,add-mask-tokens} ...`.
+"""The `samtok-rl` command: `samtok-rl {prepare,train,eval,add-mask-tokens,inspect} ...`.
 
 Each subcommand hands its remaining arguments to its module's `main(argv)`. Modules are imported only when their
 subcommand runs, so `samtok-rl prepare` does not pay for importing the trainer (and a missing optional piece only
@@ -24,6 +24,7 @@ SUBCOMMANDS = {
     "train": ("samtok_rl.grpo", "GRPO training (TRL) from a recipe"),
     "eval": ("samtok_rl.evaluate", "GRES / GCG evaluation"),
     "add-mask-tokens": ("samtok_rl.add_tokens", "add the 514 mask tokens to a base VLM (once, before training)"),
+    "inspect": ("samtok_rl.inspector", "HTML report of a training run or an eval folder, masks drawn on the images"),
 }
 
 
@@ -58,7 +59,11 @@ def config_parser(dataclass_types, prog: str, description: str | None = None) ->
 
 
 def _usage() -> str:
-    lines = ["usage: samtok-rl {prepare,train,eval,add-mask-tokens} [--config FILE.yaml] [args...]", "", "subcommands:"]
+    lines = [
+        "usage: samtok-rl {prepare,train,eval,add-mask-tokens,inspect} [--config FILE.yaml] [args...]",
+        "",
+        "subcommands:",
+    ]
     lines += [f"  {name:<16} {text}" for name, (_, text) in SUBCOMMANDS.items()]
     lines += ["", "Run `samtok-rl <subcommand> --help` for its options. Errors in what you give are reported in one line;",
               "`--debug` (or SAMTOK_RL_DEBUG=1) shows their traceback."]  # fmt: skip
@@ -112,6 +117,7 @@ def report_errors(command: str, entry, argv: Sequence[str] | None = None) -> int
         print(f"samtok-rl {command}: error: {err}", file=sys.stderr)
         return 2
     return 0
+
 
 if __name__ == "__main__":
     sys.exit(main())

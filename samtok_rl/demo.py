@@ -3,8 +3,8 @@
 One command on a fresh machine: builds the tiny Qwen2.5-VL and the seeded micro mask tokenizer, prepares the bundled
 real-photo sample for GRES, warm-starts the tiny model with a short SFT on the sample's reference answers (the "cold
 start" SAMTok's RL begins from; `samtok_rl.warmstart`, cached after the first run), then trains a few GRPO steps on
-CPU with the GRES preset plus the pixel-IoU reward (`recipes/demo.yaml`), saves a checkpoint and prints the reward
-components at the first and the last GRPO step.
+CPU with the GRES preset plus the pixel-IoU reward (`recipes/demo.yaml`), saves a checkpoint, prints the reward
+components at the first and the last GRPO step and builds the run's HTML report (`samtok-rl inspect`).
 
 Extra arguments override the recipe, e.g. `--max_steps 8` or `--resume_from_checkpoint outputs/demo/checkpoint-4`;
 `--warm_start_steps N` sets the SFT steps (0 = GRPO from the random model: every group then has zero reward variance
@@ -26,6 +26,7 @@ from trl import GRPOConfig, ModelConfig
 from samtok_rl import grpo, loading
 from samtok_rl.cli import config_parser, report_errors
 from samtok_rl.configs import SamtokScriptArguments
+from samtok_rl.inspector import InspectConfig, inspect_folder
 from samtok_rl.logs import setup_logging
 from samtok_rl.tiny import resolve_model_path
 from samtok_rl.warmstart import warm_start, warm_start_dir
@@ -132,7 +133,10 @@ def main(argv: Sequence[str] | None = None):
         )
         model_args.model_name_or_path = str(warm)
     trainer = grpo.main(script_args, training_args, model_args)
-    print(summary(trainer, time.perf_counter() - start, warm))
+    seconds = time.perf_counter() - start
+    report = inspect_folder(InspectConfig(folder=training_args.output_dir))
+    print(summary(trainer, seconds, warm))
+    print(f"  report: {report['index']} (rollouts with their masks, reward curves; open it in a browser)")
     return trainer
 
 

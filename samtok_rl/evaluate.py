@@ -129,6 +129,19 @@ def read_split(task: str, data: Path, split: str, images: Path | None = None):
     return read_grandf_gcg_gt(caption_file, caption_file.parent / names[1], image_dir)
 
 
+def load_split(
+    task: str, data: Path, split: str, images: str | None, think: bool, template: str | None, limit: int | None = None
+) -> tuple[list[Sample], list[dict]]:
+    """The samples of one split and their ground-truth rows (with the sample's `id`), in dataset order."""
+    rows = read_split(task, Path(data), split, Path(images) if images else None)
+    if limit is not None:
+        rows = rows.select(range(min(limit, len(rows))))
+    samples = make_samples(task, rows, think, template)
+    if not samples:
+        raise UsageError(f"split {split!r} of {data} has no samples")
+    return samples, [dict(r, id=s.id) for r, s in zip(rows, samples)]
+
+
 def make_samples(task: str, rows, think: bool, template: str | None = None) -> list[Sample]:
     """One `Sample` per row, with a stable id (GRES: `ref_id-sent_id`, GCG: the image id) used for resuming."""
     samples, seen = [], {}
@@ -154,10 +167,11 @@ def make_samples(task: str, rows, think: bool, template: str | None = None) -> l
 # Predictions: generate, parse, decode, write.
 
 
-def read_jsonl(path: Path) -> list[dict]:
+def read_jsonl(path: Path, quarantine: bool = True) -> list[dict]:
     """Read a predictions file for resuming. Blank lines are skipped; a line that is not a JSON record (a torn write
     from an interrupted run, or damage) is moved to `<file>.rejected` with a warning, so its sample is generated
-    again and nothing is lost."""
+    again and nothing is lost. Readers that must not change the folder (`samtok-rl inspect`) pass
+    `quarantine=False`: such lines are then skipped with the warning only."""
     if not path.is_file():
         return []
     records, rejected = [], []
@@ -172,7 +186,11 @@ def read_jsonl(path: Path) -> list[dict]:
             records.append(record)
         else:
             rejected.append((k + 1, line))
-    if rejected:
+    if rejected and not quarantine:
+        logger.warning(
+            "%s: line(s) %s are not prediction records and are left out", path, ", ".join(str(k) for k, _ in rejected)
+        )
+    elif rejected:
         logger.warning(
             "%s: line(s) %s are not prediction records: moved to %s.rejected, their samples are generated again",
             path, ", ".join(str(k) for k, _ in rejected), path.name,
@@ -340,7 +358,6 @@ def evaluate(args: EvalConfig, generator=None, text_similarity=None, mask_tokeni
         `dict`: `settings`, `splits` (metrics per split), `run` (`generated`, `resumed`, timings).
     """
 
-
     start = time.perf_counter()
     set_seed(args.seed)
     device = args.device or default_device()
@@ -355,14 +372,9 @@ def evaluate(args: EvalConfig, generator=None, text_similarity=None, mask_tokeni
     splits = [s for s in args.split.split(",") if s]
     rows_by_split, samples_by_split = {}, {}
     for split in splits:
-        rows = read_split(args.task, data, split, Path(args.images) if args.images else None)
-        if args.limit is not None:
-            rows = rows.select(range(min(args.limit, len(rows))))
-        samples = make_samples(args.task, rows, args.think, args.template)
-        rows_by_split[split] = [dict(r, id=s.id) for r, s in zip(rows, samples)]
-        samples_by_split[split] = samples
-        if not samples:
-            raise UsageError(f"split {split!r} of {data} has no samples")
+        samples_by_split[split], rows_by_split[split] = load_split(
+            args.task, data, split, args.images, args.think, args.template, args.limit
+        )
 
     # Predictions already on disk, first record per id (the resume key).
     done: dict[str, dict[str, dict]] = {}
@@ -388,7 +400,10 @@ def evaluate(args: EvalConfig, generator=None, text_similarity=None, mask_tokeni
     if num_todo:
         # Before the generation engine starts (minutes with vLLM): a bad mask tokenizer fails now, not after it.
         mask_tokenizer = mask_tokenizer or build_mask_tokenizer(
-            None if args.checkpoint else args.mask_tokenizer_source, args.sam2_config, args.checkpoint, device,
+            None if args.checkpoint else args.mask_tokenizer_source,
+            args.sam2_config,
+            args.checkpoint,
+            device,
             drop_memory_modules=True,
         )
     if owned:

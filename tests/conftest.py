@@ -68,3 +68,45 @@ def datasets_dir(tmp_path_factory) -> dict[str, str]:
         prepare(read_source(task, sample=True), task, root / task, FixedCodes, tokenizer_id="fixed", progress=False)
         out[task] = str(root / task)
     return out
+
+# The report tests open the HTML in a real headless Chromium (Debian's `chromium`). Without one they skip, unless
+# SAMTOK_RL_REQUIRE_BROWSER=1 (set by .ci/run, which installs it), where a missing browser fails them.
+BROWSER_ENV = "SAMTOK_RL_REQUIRE_BROWSER"
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """`open_page(index.html) -> (self-check dict, console lines, final DOM, screenshot (H, W, 3) uint8)`, headless."""
+    import html
+    import json
+    import shutil
+    import subprocess
+    import tempfile
+
+    import numpy as np
+    from PIL import Image
+
+    exe = next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)), None)
+    if exe is None:
+        if os.environ.get(BROWSER_ENV, "") not in ("", "0"):
+            pytest.fail(f"{BROWSER_ENV} is set but no chromium is on PATH")
+        pytest.skip("no chromium on PATH (apt-get install chromium)")
+
+    def open_page(index: Path, width: int = 1300, height: int = 1400):
+        flags = [exe, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--no-first-run",
+                 "--enable-logging=stderr", "--v=0", f"--window-size={width},{height}"]  # fmt: skip
+        url = index.resolve().as_uri()
+        with tempfile.TemporaryDirectory() as tmp:
+            profile = [f"--user-data-dir={tmp}/profile"]
+            dom = subprocess.run([*flags, *profile, "--dump-dom", url + "#selfcheck"],
+                                 capture_output=True, text=True, timeout=180)  # fmt: skip
+            shot_path = Path(tmp) / "shot.png"
+            subprocess.run([*flags, *profile, f"--screenshot={shot_path}", url], capture_output=True, timeout=180)
+            shot = np.asarray(Image.open(shot_path).convert("RGB"))
+        found = dom.stdout.split('<pre id="selfcheck">', 1)
+        assert len(found) == 2, f"the page's self-check did not run:\n{dom.stderr[-3000:]}"
+        check = json.loads(html.unescape(found[1].split("</pre>", 1)[0]))
+        console = [line for line in dom.stderr.splitlines() if ":CONSOLE" in line]
+        return check, console, dom.stdout, shot
+
+    return open_page

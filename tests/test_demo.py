@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+
 import datasets
+import numpy as np
 import pytest
 import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor
@@ -66,7 +69,7 @@ def test_warm_started_model_answers_with_mask_spans(recipe, warm):
     assert good >= len(rows) // 2, f"{good}/{len(rows)} greedy answers are formatted and hold a mask span"
 
 
-def test_demo_grpo_has_a_learning_signal(warm, tmp_path, capsys):
+def test_demo_grpo_has_a_learning_signal(warm, tmp_path, capsys, browser):
     trainer = demo.main(
         ["--output_dir", str(tmp_path), "--max_steps", "2", "--save_strategy", "no", "--disable_tqdm", "true"]
     )
@@ -81,3 +84,24 @@ def test_demo_grpo_has_a_learning_signal(warm, tmp_path, capsys):
     out = capsys.readouterr().out
     assert f"warm start {warm}, then 2 GRPO steps" in out
     assert "format_reward" in out and "step 1" in out and "step 2" in out
+    # One compact console line per step instead of transformers' log dict; every metric in metrics.jsonl.
+    assert "{'loss'" not in out and "'rewards/" not in out
+    lines = [line for line in out.splitlines() if line.startswith(("step 1/2  reward", "step 2/2  reward"))]
+    assert len(lines) == 2 and all("format " in line and "zero-std" in line and "s/step" in line for line in lines)
+    logged = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [e for e in logged if "reward" in e] == [dict(e, step=e["step"]) for e in steps]
+
+    # The demo ends with its report: rollouts with decoded masks over the images, curves; it renders in Chromium.
+    index = tmp_path / "report" / "index.html"
+    assert f"report: {index}" in out
+    records = [json.loads(line) for line in (tmp_path / "rollouts.jsonl").read_text().splitlines()]
+    groups = len({(r["step"], r["prompt_index"]) for r in records})
+    check, console, dom, shot = browser(index)
+    assert check["broken"] == [] and check["errors"] == [] and console == [], (check, console)
+    curves = dom.count('src="img/curve')
+    assert curves >= 4  # reward components, total reward, monitors, GRPO signal
+    assert check["images"] == groups + len(records) + curves  # a GT picture per group, one per completion, the curves
+    assert dom.count('class="card"') == groups and 'alt="total reward"' in dom
+    assert dom.count("<b>#1</b>") == groups  # each group sorted, best completion first
+    # Not a blank page: many colours, and the overlay colours of the masks are on screen.
+    assert len(np.unique(shot.reshape(-1, 3), axis=0)) > 500
