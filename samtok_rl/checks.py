@@ -194,6 +194,24 @@ def check_tasks(dataset, specs: list[str]) -> None:
             )
 
 
+def check_dynamic_sampling(script_args, training_args) -> None:
+    """Dynamic sampling keeps or drops whole groups per process: each process's generation batch must hold whole
+    groups (TRL otherwise lets a group straddle two processes)."""
+    if not script_args.dynamic_sampling:
+        return
+    local = training_args.per_device_train_batch_size * training_args.steps_per_generation
+    if local % training_args.num_generations:
+        raise UsageError(
+            f"dynamic_sampling needs whole groups on each process: per_device_train_batch_size x steps_per_generation "
+            f"= {local} is not a multiple of num_generations = {training_args.num_generations}"
+        )
+    if script_args.dynamic_sampling_tolerance < 0 or script_args.dynamic_sampling_max_rounds < 0:
+        raise UsageError(
+            f"dynamic_sampling_tolerance ({script_args.dynamic_sampling_tolerance}) and dynamic_sampling_max_rounds "
+            f"({script_args.dynamic_sampling_max_rounds}) must be >= 0"
+        )
+
+
 def check_recipe(script_args, training_args, model_args) -> None:
     """The recipe-level rules that need neither the data nor the model weights."""
     check_model_source(model_args.model_name_or_path)
@@ -202,6 +220,7 @@ def check_recipe(script_args, training_args, model_args) -> None:
         raise UsageError("sync_ref_model does not work with PEFT")
     check_training_values(training_args)
     check_add_mask_tokens(script_args, training_args)
+    check_dynamic_sampling(script_args, training_args)
     if training_args.use_vllm and not training_args.vllm_importance_sampling_correction:
         # TRL computes (and logs) vLLM's logprob gap only for its importance-sampling correction.
         logger.warning(

@@ -72,6 +72,24 @@ class SamtokScriptArguments:
             "to <output_dir>/rollouts.jsonl; 0 writes none."
         },
     )
+    dynamic_sampling: bool = field(
+        default=False,
+        metadata={
+            "help": "Drop prompt groups whose reward spread (std of the weighted total) is at most "
+            "`dynamic_sampling_tolerance` and generate further prompts until the batch holds only informative groups "
+            "(DAPO's dynamic sampling; `samtok_rl.dynamic_sampling`)."
+        },
+    )
+    dynamic_sampling_tolerance: float = field(
+        default=1e-4, metadata={"help": "A group whose reward std is at most this is uninformative (dropped)."}
+    )
+    dynamic_sampling_max_rounds: int = field(
+        default=4,
+        metadata={
+            "help": "Most extra generation rounds per batch; when they are spent, the batch is topped up with "
+            "dropped groups (zero advantage) and a warning is logged."
+        },
+    )
     max_train_samples: int | None = field(
         default=None, metadata={"help": "Keep only the first N dataset rows (debugging)."}
     )

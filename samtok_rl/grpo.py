@@ -30,6 +30,7 @@ from samtok_rl.checks import (
 )
 from samtok_rl.cli import config_parser, report_errors
 from samtok_rl.configs import SamtokScriptArguments
+from samtok_rl.dynamic_sampling import DynamicSampling
 from samtok_rl.errors import UsageError
 from samtok_rl.loading import (
     add_mask_tokens_and_save,
@@ -166,6 +167,11 @@ def main(script_args=None, training_args=None, model_args=None):
         processing_class=processor,
         peft_config=make_peft_config(model_args, training_args) if model_args.use_peft else None,
         rollout_prompts=script_args.rollout_prompts,
+        dynamic_sampling=DynamicSampling(
+            script_args.dynamic_sampling_tolerance, script_args.dynamic_sampling_max_rounds, training_args.seed
+        )
+        if script_args.dynamic_sampling
+        else None,
     )
     if trainer.accelerator.is_main_process:
         write_run_info(

@@ -1,6 +1,6 @@
 """`SamtokGRPOTrainer`: TRL's `GRPOTrainer` with on-policy vLLM rollouts and a resume that restores the weights.
 
-The one thin subclass of TRL's trainer in samtok-rl. It overrides four methods, all pinned to the TRL release in
+The one thin subclass of TRL's trainer in samtok-rl. It overrides six methods, all pinned to the TRL release in
 `samtok_rl.vllm_rollouts.TRL_VERSION` by `tests/test_trl_pins.py`:
 
 - `__init__`: with `use_vllm`, TRL's `VLLMGeneration` is replaced by [`OnPolicyVLLMGeneration`] for the duration of
@@ -9,6 +9,8 @@ The one thin subclass of TRL's trainer in samtok-rl. It overrides four methods, 
   order as the uninterrupted run (see [`EpochRepeatSampler`]).
 - `_load_from_checkpoint`: full-model checkpoints are reloaded through `from_pretrained` (see below).
 - `log`: also appends the logged step's rollouts to `<output_dir>/rollouts.jsonl` (`samtok_rl.rollouts`).
+- `_calculate_rewards` (records the gathered rewards) and `_generate_and_score_completions` (more rounds, then the
+  informative groups only): dynamic sampling, when it is on (`samtok_rl.dynamic_sampling`).
 
 It also swaps transformers' dict-printing log callbacks for one compact line per step and a `metrics.jsonl`
 (`samtok_rl.runlog`).
@@ -24,8 +26,9 @@ import torch
 import trl.trainer.grpo_trainer as trl_grpo
 from peft import PeftModel
 from trl import GRPOTrainer
-from trl.trainer.utils import RepeatSampler
+from trl.trainer.utils import RepeatSampler, split_pixel_values_by_grid, unsplit_pixel_values_by_grid
 
+from samtok_rl.dynamic_sampling import DynamicSampling, group_reward_std, merge_rounds, refill_indices, select_groups
 from samtok_rl.rollouts import append_rollouts, rollout_records
 from samtok_rl.runlog import use_compact_logs
 from samtok_rl.vllm_rollouts import OnPolicyVLLMGeneration, engine_kwargs_for
@@ -64,9 +67,12 @@ class SamtokGRPOTrainer(GRPOTrainer):
     Same arguments as TRL's `GRPOTrainer`; `model` must be a loaded model and `processing_class` a VLM processor.
     """
 
-    def __init__(self, model, *args, rollout_prompts: int = 0, **kwargs):
+    def __init__(self, model, *args, rollout_prompts: int = 0, dynamic_sampling: DynamicSampling | None = None,
+                 **kwargs):  # fmt: skip
         self.rollout_prompts = rollout_prompts
         self._rollouts_step = -1
+        self.dynamic_sampling = dynamic_sampling
+        self._last_rewards_per_func = None
         training_args = kwargs.get("args")
         if training_args is None or not training_args.use_vllm:
             super().__init__(model, *args, **kwargs)
@@ -98,6 +104,63 @@ class SamtokGRPOTrainer(GRPOTrainer):
             )
             append_rollouts(self.args.output_dir, records)
         super().log(logs, start_time)
+
+    def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
+        # Kept for dynamic sampling: the gathered per-function rewards of the latest round (TRL does not return them).
+        self._last_rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+        return self._last_rewards_per_func
+
+    def _generate_and_score_completions(self, inputs):
+        output = super()._generate_and_score_completions(inputs)
+        if self.dynamic_sampling is None or not self.model.training:
+            return output
+        return self._dynamic_sampling_rounds(inputs, output)
+
+    def _local_group_std(self, num_rows: int) -> torch.Tensor:
+        """The reward spread of this process's groups in the latest round."""
+        std = group_reward_std(self._last_rewards_per_func, self.reward_weights, self.num_generations)
+        groups = num_rows // self.num_generations
+        return std[self.accelerator.process_index * groups : (self.accelerator.process_index + 1) * groups]
+
+    def _dynamic_sampling_rounds(self, inputs, output):
+        """Generate further rounds until every process holds enough informative groups (see `dynamic_sampling`)."""
+        settings, generations = self.dynamic_sampling, self.num_generations
+        needed = len(inputs) // generations
+        outputs = [split_pixel_values_by_grid(output)]
+        informative = [(self._local_group_std(len(inputs)) > settings.tolerance).tolist()]
+        extra = 0
+        while True:
+            missing = torch.tensor(float(needed - sum(map(sum, informative))), device=self.accelerator.device)
+            if self.accelerator.gather(missing.reshape(1)).max().item() <= 0 or extra >= settings.max_rounds:
+                break
+            extra += 1
+            rows = refill_indices(len(self.train_dataset), needed, settings.seed, self.state.global_step, extra,
+                                  self.accelerator.process_index)  # fmt: skip
+            refill = [self.train_dataset[i] for i in rows for _ in range(generations)]
+            outputs.append(split_pixel_values_by_grid(super()._generate_and_score_completions(refill)))
+            informative.append((self._local_group_std(len(refill)) > settings.tolerance).tolist())
+        groups, filled = select_groups(informative, needed)
+        rows = [(r, g * generations + k) for r, g in groups for k in range(generations)]
+        merged = merge_rounds(outputs, rows, self.processing_class.tokenizer.pad_token_id)
+        loss_mask = merged["completion_mask"] * merged.get("tool_mask", 1)
+        merged["num_items_in_batch"] = self.accelerator.gather(loss_mask.sum()).sum()
+        # Every process agrees on what the batch is made of: logged as sums over all of them.
+        stats = torch.tensor([sum(map(sum, informative)), sum(map(len, informative)), filled, needed],
+                             dtype=torch.float32, device=self.accelerator.device)  # fmt: skip
+        kept, generated, filled_all, needed_all = self.accelerator.gather(stats.reshape(1, -1)).sum(dim=0).tolist()
+        metrics = self._metrics["train"]
+        metrics["dynamic_sampling/informative_fraction"].append(kept / generated)
+        metrics["dynamic_sampling/extra_rounds"].append(extra)
+        metrics["dynamic_sampling/prompts_generated"].append(generated)
+        metrics["dynamic_sampling/batch_frac_reward_zero_std"].append(filled_all / needed_all)
+        metrics["dynamic_sampling/cap_hit"].append(float(filled_all > 0))
+        if filled_all > 0:
+            logger.warning(
+                "dynamic sampling: %d extra round(s) (the cap) left %d of %d groups without reward spread in the batch "
+                "at step %d; raise dynamic_sampling_max_rounds or filter the dataset (`samtok-rl filter`)",
+                extra, int(filled_all), int(needed_all), self.state.global_step,
+            )  # fmt: skip
+        return unsplit_pixel_values_by_grid(merged)
 
     def _get_train_sampler(self, dataset=None):
         stock = super()._get_train_sampler(dataset)

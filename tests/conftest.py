@@ -58,6 +58,14 @@ class FixedCodes:
 
 
 @pytest.fixture(scope="session")
+def tiny_models() -> dict[str, Path]:
+    """The tiny Qwen2.5-VL and Qwen3-VL (built offline once, cached), by kind."""
+    from samtok_rl.tiny import build_tiny_vlm
+
+    return {kind: build_tiny_vlm(kind) for kind in ("qwen2_5_vl", "qwen3_vl")}
+
+
+@pytest.fixture(scope="session")
 def datasets_dir(tmp_path_factory) -> dict[str, str]:
     """The bundled sample prepared for both tasks (fixed codes): `{"gres": folder, "gcg": folder}`."""
     from samtok_rl.prepare import prepare, read_source

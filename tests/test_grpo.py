@@ -38,11 +38,6 @@ def text_hash_reward(prompts, completions, **kwargs) -> list[float]:
 VARYING = f"{Path(__file__).resolve()}:text_hash_reward"
 
 
-@pytest.fixture(scope="session")
-def tiny_models() -> dict[str, Path]:
-    return {kind: build_tiny_vlm(kind) for kind in ("qwen2_5_vl", "qwen3_vl")}
-
-
 def run(tmp_path, *args: str):
     return grpo.main([*TINY_RUN, "--output_dir", str(tmp_path), *args])
 

@@ -17,7 +17,7 @@ import trl
 from transformers import Trainer
 from trl import GRPOTrainer
 from trl.generation.vllm_generation import VLLMGeneration
-from trl.trainer.utils import RepeatSampler
+from trl.trainer.utils import RepeatSampler, split_pixel_values_by_grid, unsplit_pixel_values_by_grid
 
 from samtok_rl.vllm_rollouts import TRL_VERSION
 
@@ -35,6 +35,13 @@ PINNED = {
     RepeatSampler.__init__: "7898b11a3b9e9e07",  # EpochRepeatSampler replays its generator
     RepeatSampler.__iter__: "d80412d80424bd64",
     Trainer._load_from_checkpoint: "4711d0506786db15",
+    # Dynamic sampling: the gathered rewards it reads, the output dict it merges (keys, padding sides), the buffering
+    # that splits the merged batch, and the per-sample pixel split it relies on.
+    GRPOTrainer._calculate_rewards: "736ae29b083840b5",
+    GRPOTrainer._generate_and_score_completions: "1fa48922792dcd5c",
+    GRPOTrainer._prepare_inputs: "f824e7fb07147956",
+    split_pixel_values_by_grid: "3aca66e33a7978d3",
+    unsplit_pixel_values_by_grid: "9d31b407fc5f4399",
 }
 
 
@@ -55,3 +62,6 @@ def test_the_hooks_the_overrides_rely_on_are_there():
     assert "self.llm = LLM(" in inspect.getsource(VLLMGeneration._init_vllm)
     # TRL 1.16 still feeds vLLM the processor-expanded ids (huggingface/trl#6294): the collapse is still needed.
     assert '"prompt_token_ids": ids' in inspect.getsource(VLLMGeneration.generate)
+    # Dynamic sampling reads the gathered rewards `_calculate_rewards` returns and merges these output keys.
+    source = inspect.getsource(GRPOTrainer._generate_and_score_completions)
+    assert "rewards_per_func = self._calculate_rewards(" in source and '"advantages": advantages' in source
