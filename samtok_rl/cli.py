@@ -1,4 +1,4 @@
-"""The `samtok-rl` command: `samtok-rl {prepare,train,eval,add-mask-tokens,inspect} ...`.
+"""The `samtok-rl` command: `samtok-rl {prepare,train,eval,add-mask-tokens,filter,inspect} ...`.
 
 Each subcommand hands its remaining arguments to its module's `main(argv)`. Modules are imported only when their
 subcommand runs, so `samtok-rl prepare` does not pay for importing the trainer (and a missing optional piece only
@@ -24,6 +24,7 @@ SUBCOMMANDS = {
     "train": ("samtok_rl.grpo", "GRPO training (TRL) from a recipe"),
     "eval": ("samtok_rl.evaluate", "GRES / GCG evaluation"),
     "add-mask-tokens": ("samtok_rl.add_tokens", "add the 514 mask tokens to a base VLM (once, before training)"),
+    "filter": ("samtok_rl.filter", "score each prompt with the start model; drop those without reward spread"),
     "inspect": ("samtok_rl.inspector", "HTML report of a training run or an eval folder, masks drawn on the images"),
 }
 
@@ -60,7 +61,7 @@ def config_parser(dataclass_types, prog: str, description: str | None = None) ->
 
 def _usage() -> str:
     lines = [
-        "usage: samtok-rl {prepare,train,eval,add-mask-tokens,inspect} [--config FILE.yaml] [args...]",
+        "usage: samtok-rl {prepare,train,eval,add-mask-tokens,filter,inspect} [--config FILE.yaml] [args...]",
         "",
         "subcommands:",
     ]

@@ -1,4 +1,4 @@
-"""Greedy generation backends of the eval runner: transformers `generate` (`HFGenerator`) and vLLM (`VLLMGenerator`).
+"""Generation backends of the eval runner and `samtok-rl filter` (greedy, or sampled): transformers `generate` (`HFGenerator`) and vLLM (`VLLMGenerator`).
 
 Both take the task questions and PIL images and return the decoded outputs (`skip_special_tokens=False`). vLLM is
 imported only when a `VLLMGenerator` is built: it is not a dependency of the main environment.
@@ -49,20 +49,30 @@ class HFGenerator:
         self.model = None
 
     def generate(self, questions: Sequence[str], images: Sequence[Image.Image]) -> list[str]:
+        return [texts[0] for texts in self._generate(questions, images, do_sample=False)]
+
+    def sample(
+        self, questions: Sequence[str], images: Sequence[Image.Image], n: int, temperature: float, top_p: float,
+        top_k: int, seed: int,
+    ) -> list[list[str]]:  # fmt: skip
+        """`n` sampled completions per question (`samtok-rl filter`); `seed` makes the call reproducible."""
+        torch.manual_seed(seed)
+        return self._generate(questions, images, do_sample=True, num_return_sequences=n, temperature=temperature,
+                              top_p=top_p, top_k=top_k)  # fmt: skip
+
+    def _generate(self, questions, images, do_sample: bool, num_return_sequences: int = 1, **sampling):
         texts = [
             self.processor.apply_chat_template(conversation(q), tokenize=False, add_generation_prompt=True)
             for q in questions
         ]
         inputs = self.processor(text=texts, images=list(images), padding=True, return_tensors="pt").to(self.device)
+        if not do_sample:
+            sampling = {"temperature": None, "top_p": None, "top_k": None}
         with torch.inference_mode():
             out = self.model.generate(
-                **inputs,
-                max_new_tokens=self.max_new_tokens,
-                do_sample=False,
-                temperature=None,
-                top_p=None,
-                top_k=None,
-            )
+                **inputs, max_new_tokens=self.max_new_tokens, do_sample=do_sample,
+                num_return_sequences=num_return_sequences, **sampling,
+            )  # fmt: skip
         results = []
         for ids in out[:, inputs["input_ids"].shape[1] :].tolist():
             # Cut at the first stop token; the pad id can follow it in a batch.
@@ -74,7 +84,8 @@ class HFGenerator:
             results.append(
                 self.processor.tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
             )
-        return results
+        # generate returns a question's samples next to each other
+        return [results[k : k + num_return_sequences] for k in range(0, len(results), num_return_sequences)]
 
     def strip_tokens(self) -> list[str]:
         tok = self.processor.tokenizer
@@ -123,18 +134,29 @@ class VLLMGenerator:
         logging streams may already be closed."""
         self.llm.llm_engine.engine_core.shutdown()
 
-    def generate(self, questions: Sequence[str], images: Sequence[Image.Image]) -> list[str]:
-        prompts = [
-            {
-                "prompt": self.processor.apply_chat_template(
-                    conversation(q), tokenize=False, add_generation_prompt=True
-                ),
-                "multi_modal_data": {"image": image},
-            }
+    def _prompts(self, questions: Sequence[str], images: Sequence[Image.Image]) -> list[dict]:
+        return [
+            {"prompt": self.processor.apply_chat_template(conversation(q), tokenize=False, add_generation_prompt=True),
+             "multi_modal_data": {"image": image}}
             for q, image in zip(questions, images)
-        ]
+        ]  # fmt: skip
+
+    def generate(self, questions: Sequence[str], images: Sequence[Image.Image]) -> list[str]:
+        prompts = self._prompts(questions, images)
         outputs = self.llm.generate(prompts, self.sampling, use_tqdm=False)
         return [o.outputs[0].text for o in outputs]
+
+    def sample(
+        self, questions: Sequence[str], images: Sequence[Image.Image], n: int, temperature: float, top_p: float,
+        top_k: int, seed: int,
+    ) -> list[list[str]]:  # fmt: skip
+        """`n` sampled completions per question (`samtok-rl filter`); `seed` makes the call reproducible."""
+        from vllm import SamplingParams
+
+        params = SamplingParams(n=n, temperature=temperature, top_p=top_p, top_k=top_k if top_k > 0 else -1,
+                                max_tokens=self.sampling.max_tokens, skip_special_tokens=False, seed=seed)  # fmt: skip
+        outputs = self.llm.generate(self._prompts(questions, images), params, use_tqdm=False)
+        return [[c.text for c in o.outputs] for o in outputs]
 
 
 def resolve_backend(backend: str, device: str) -> str:

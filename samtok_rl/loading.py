@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
+from contextlib import nullcontext
 from pathlib import Path
 
 import datasets
@@ -39,8 +40,14 @@ def sample_dir(task: str, mask_tokenizer: str) -> Path:
     return cache_dir("prepared") / f"sample-{task}-{tag}-{where}"
 
 
-def load_dataset(script_args, training_args):
+def load_dataset(script_args, training_args=None):
     """Load the prepared dataset (or prepare the bundled sample) and cast `image` paths to PIL images."""
+    # TRL hands PIL images to the processor and to the rewards: decode the stored paths lazily.
+    return load_rows(script_args, training_args).cast_column("image", datasets.Image())
+
+
+def load_rows(script_args, training_args=None):
+    """The prepared rows of `script_args.dataset` (the bundled sample is prepared first), image paths as stored."""
     name = script_args.dataset
     if name is None:
         raise UsageError("no dataset: set `dataset` to a `samtok-rl prepare` folder or to sample:gres / sample:gcg")
@@ -49,7 +56,9 @@ def load_dataset(script_args, training_args):
         if script_args.mask_tokenizer is None:
             raise UsageError(f"dataset {name!r} is prepared on the fly and needs `mask_tokenizer` (e.g. micro)")
         out = sample_dir(task, script_args.mask_tokenizer)
-        with training_args.main_process_first(desc="prepare the bundled sample"):
+        # Under `accelerate launch` one process prepares and the others wait; a single-process caller passes None.
+        first = training_args.main_process_first(desc="prepare the bundled sample") if training_args else nullcontext()
+        with first:
             dataset = prepare(
                 read_source(task, sample=True),
                 task,
@@ -64,8 +73,7 @@ def load_dataset(script_args, training_args):
         dataset = load_prepared(name)
     if script_args.max_train_samples is not None:
         dataset = dataset.select(range(min(script_args.max_train_samples, len(dataset))))
-    # TRL hands PIL images to the processor and to the rewards: decode the stored paths lazily.
-    return dataset.cast_column("image", datasets.Image())
+    return dataset
 
 
 def load_processor(path: str, script_args, model_args, training_args):

@@ -375,6 +375,23 @@ def prepare(
     return load_prepared(out)
 
 
+def write_prepared(dataset: datasets.Dataset, output_dir: str | Path, task: str, settings: dict) -> Path:
+    """Write `dataset` (the prepared columns, plus any others) as a finished prepared folder that [`load_prepared`]
+    and training read: one parquet shard and a complete manifest. The shard is renamed into place before the manifest
+    names it, so an interrupted write leaves no folder that loads."""
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    name = _shard_name(0, 1)
+    tmp = out / (name + ".tmp")
+    tmp.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(dataset.with_format("arrow")[:], tmp)  # the selected rows (`.data` would be the source's)
+    os.replace(tmp, out / name)
+    manifest = {"format": FORMAT_VERSION, "task": task, "settings": settings, "num_rows": len(dataset),
+                "shards": {"0": {"file": name, "rows": len(dataset)}}, "complete": True}  # fmt: skip
+    write_json_atomic(out / MANIFEST, manifest)
+    return out
+
+
 def prepared_tokenizer(output_dir: str | Path) -> str | None:
     """The mask tokenizer a prepared folder's GT codes were made with, as its manifest records it (None if unknown)."""
     path = Path(output_dir) / MANIFEST
