@@ -261,3 +261,27 @@ def test_the_browser_check_sees_missing_pictures_and_script_errors(tmp_path, bro
     check, console, _, _ = browser(index)
     assert check["images"] == 1 and check["broken"] == ["img/missing.jpg"]
     assert any("notAFunction" in e for e in check["errors"]) and any("notAFunction" in line for line in console)
+
+
+def test_eval_report_flags_predictions_changed_after_the_metrics_and_survives_torn_lines(tmp_path, micro, caplog):
+    """Faults injected into a finished eval folder: a torn line is left out with a warning (the folder is not
+    changed), a sample whose prediction is gone makes the page flag its metric, a missing image is drawn on grey."""
+    p = sample_paths()
+    rows = list(read_grefcoco(p.grefcoco_refs, p.grefcoco_instances, p.images, splits="val"))
+    answers = {ev.gres_question(r["expression"], think=True): "<answer>No target.</answer>" for r in rows}
+    out = tmp_path / "eval"
+    ev.evaluate(_eval_args("gres", out), generator=Replay(answers), mask_tokenizer=micro)
+    predictions = out / "predictions_val.jsonl"
+    lines = predictions.read_text().splitlines()
+    record = json.loads(lines[1])
+    record["image"] = str(tmp_path / "gone.jpg")
+    predictions.write_text("\n".join([json.dumps(record), *lines[2:], '{"id": "torn']) + "\n")  # line 0 dropped
+    before = predictions.read_text()
+
+    summary = inspect_folder(InspectConfig(folder=str(out)))["splits"]["val"]
+    assert predictions.read_text() == before and not (out / "predictions_val.jsonl.rejected").exists()
+    assert "are not prediction records and are left out" in caplog.text
+    assert len(summary["order"]) == len(rows) - 1 and not summary["agree"]
+    page = (out / "report" / "index.html").read_text()
+    assert 'class="warn"' in page and "they differ" in page
+    assert "image not found: grey canvas" in page
