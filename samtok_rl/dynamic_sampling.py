@@ -28,8 +28,10 @@ from trl.trainer.utils import nanstd
 __all__ = ["DynamicSampling", "group_reward_std", "merge_rounds", "refill_indices", "select_groups"]
 
 # Keys of TRL's generation output that are left-padded (prompt side); every other 2-D per-sample tensor is
-# right-padded (completion side).
-LEFT_PADDED = ("prompt_ids", "prompt_mask", "mm_token_type_ids", "token_type_ids")
+# right-padded (completion side), except the token-type ids, which TRL extends over the completion: their first
+# `prompt_ids` columns are left-padded and the rest right-padded.
+LEFT_PADDED = ("prompt_ids", "prompt_mask")
+PROMPT_AND_COMPLETION = ("mm_token_type_ids", "token_type_ids")
 
 
 @dataclass(frozen=True)
@@ -111,7 +113,13 @@ def merge_rounds(outputs: Sequence[dict], rows: Sequence[tuple[int, int]], pad_t
             continue
         if isinstance(first, torch.Tensor) and first.dim() >= 1 and first.shape[0] == size:
             parts = [outputs[r][key][k : k + 1] for r, k in rows]
-            if first.dim() >= 2:
+            if key in PROMPT_AND_COMPLETION and first.dim() == 2:
+                widths = [outputs[r]["prompt_ids"].shape[1] for r, _ in rows]
+                prompt_parts = [_pad_to(p[:, :w], max(widths), 0, left=True) for p, w in zip(parts, widths)]
+                rest = [p[:, w:] for p, w in zip(parts, widths)]
+                rest = [_pad_to(p, max(x.shape[1] for x in rest), 0, left=False) for p in rest]
+                parts = [torch.cat(pair, dim=1) for pair in zip(prompt_parts, rest)]
+            elif first.dim() >= 2:
                 width = max(p.shape[1] for p in parts)
                 value = pad_token_id if key in ("prompt_ids", "completion_ids") else 0
                 parts = [_pad_to(p, width, value, key in LEFT_PADDED) for p in parts]

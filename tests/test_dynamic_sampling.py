@@ -161,8 +161,12 @@ def test_merge_rounds_pads_each_side_and_keeps_rows():
     }
     b = {"prompt_ids": torch.tensor([[9, 9, 9], [4, 4, 4]]), "completion_ids": torch.tensor([[3, 3], [4, 4]]),
          "advantages": torch.tensor([0.3, 0.4]), "num_images": [1, 2], "num_items_in_batch": torch.tensor(4)}  # fmt: skip
+    # Token types cover the prompt and the completion (TRL extends them with zeros): 2 means "image token" here.
+    a["mm_token_type_ids"] = torch.tensor([[2, 1, 0], [1, 2, 0]])
+    b["mm_token_type_ids"] = torch.tensor([[1, 2, 2, 0, 0], [2, 2, 1, 0, 0]])
     merged = merge_rounds([a, b], [(0, 1), (1, 1)], pad_token_id=0)
     assert merged["prompt_ids"].tolist() == [[0, 7, 8], [4, 4, 4]]  # prompts pad on the left
+    assert merged["mm_token_type_ids"].tolist() == [[0, 1, 2, 0, 0], [2, 2, 1, 0, 0]]  # prompt part left, rest right
     assert merged["completion_ids"].tolist() == [[2, 0], [4, 4]]  # completions on the right
     assert merged["advantages"].tolist() == pytest.approx([0.2, 0.4]) and merged["num_images"] == [1, 2]
     assert "num_items_in_batch" not in merged
