@@ -49,6 +49,7 @@ from samtok_rl.metrics import (
     gres_metrics,
     union_masks,
 )
+from samtok_rl.paper import paper_numbers, with_paper
 from samtok_rl.parsing import GRES_MAX_SPANS, clean_output, parse_gcg_output, parse_gres
 from samtok_rl.prompts import GCG_QUESTION, GRES_TEMPLATE, check_template, gcg_question, gres_question
 from samtok_rl.tiny import resolve_model_path
@@ -507,8 +508,17 @@ def format_results(result: dict) -> str:
     columns = GRES_COLUMNS if task == "gres" else GCG_COLUMNS
     table = format_table(splits, columns, average=task == "gres" and len(splits) > 1)
     s, run = result["settings"], result["run"]
+    rows, paper_columns = with_paper(splits, s["model"], task, columns)
+    known = paper_numbers(s["model"], task) is not None
     lines = [
         table,
+        "",
+        "beside the SAMTok paper ("
+        + ("Table 3" if task == "gres" else "Table 1")
+        + "; "
+        + ("its row for this model)" if known else "no published numbers for this model: paper columns empty)"),
+        format_table(rows, paper_columns),
+        "",
         f"model={s['model']} backend={s['backend']} think={s['think']} max_new_tokens={s['max_new_tokens']} "
         f"max_pixels={s['max_pixels']} seed={s['seed']}",
         f"samples={run['samples']} generated={run['generated']} resumed={run['resumed']}",

@@ -87,6 +87,18 @@ def test_clean_output_strips_qwen3_think_and_eos():
 # -------------------------------------------------------------------------------------------------- end to end
 
 
+def paper_table(printed: str) -> dict[str, list[str]]:
+    """The cells of the eval output's table beside the paper, by split."""
+    lines = printed.splitlines()
+    start = next(k for k, line in enumerate(lines) if line.startswith("beside the SAMTok paper")) + 2
+    rows = {}
+    for line in lines[start:]:
+        if not line.strip():
+            break
+        rows[line.split()[0]] = line.split()[1:]
+    return rows
+
+
 def test_cli_end_to_end_then_resume(tiny_vlm, tmp_path, capsys):
     out = tmp_path / "gres"
     argv = ["eval", "--task", "gres", "--sample", "--split", "train,val", "--limit", "3", "--model", str(tiny_vlm),
@@ -95,6 +107,9 @@ def test_cli_end_to_end_then_resume(tiny_vlm, tmp_path, capsys):
     assert cli_main(argv) == 0
     printed = capsys.readouterr().out
     assert "gIoU" in printed and "N-acc" in printed and "avg" in printed and "generated=6" in printed
+    # The paper's columns are there, empty: the tiny model is not a released checkpoint.
+    assert "no published numbers for this model: paper columns empty" in printed
+    assert all(cells[1::3] == cells[2::3] == ["-"] * 3 for cells in paper_table(printed).values())
 
     jsonls = [out / "predictions_train.jsonl", out / "predictions_val.jsonl"]
     for path in jsonls:
@@ -237,3 +252,17 @@ def test_gcg_hand_written_predictions_match_direct_metrics(tmp_path, no_java, ma
     assert parse["samples_with_mismatch"] == 1 and parse["phrases"] == sum(len(r["phrases"]) for r in rows)
     saved = json.loads((tmp_path / "glamm_predictions" / "val" / f"{rows[0]['image_id']}.json").read_text())
     assert saved["phrases"] == list(rows[0]["phrases"]) and len(saved["pred_masks"]) == len(rows[0]["phrases"])
+
+
+def test_eval_table_puts_the_papers_numbers_beside_a_released_checkpoint(tmp_path):
+    """A folder named as the release (how a downloaded checkpoint sits on disk) gets Table 3's row and the gap."""
+    splits = {"val": {"gIoU": 79.0, "cIoU": 74.2, "N_acc": float("nan"), "parse": {}},
+              "testB": {"gIoU": 70.3, "cIoU": 69.8, "N_acc": 72.5, "parse": {}}}  # fmt: skip
+    result = {"settings": {"task": "gres", "model": str(tmp_path / "Qwen2.5-VL-3B-SAMTok-gres-rl"), "backend": "hf",
+                           "think": True, "max_new_tokens": 8, "max_pixels": 1, "seed": 0},
+              "splits": splits, "run": {"samples": 2, "generated": 2, "resumed": 0}}  # fmt: skip
+    text = ev.format_results(result)
+    assert "Table 3; its row for this model" in text
+    table = paper_table(text)  # per split: ours, paper, diff for each metric
+    assert table["val"] == ["79.00", "79.40", "-0.40", "74.20", "73.70", "0.50", "-", "81.50", "-"]
+    assert table["testB"] == ["70.30", "71.30", "-1.00", "69.80", "69.80", "0.00", "72.50", "72.00", "0.50"]
