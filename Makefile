@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-slow test-vllm demo bench sample style quality clean
+.PHONY: install test test-slow test-vllm demo bench gpu-check sample style quality clean
 
 $(STAMP): pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
@@ -46,6 +46,15 @@ bench: $(STAMP)
 	$(PY) benchmarks/parsing.py
 	$(PY) benchmarks/weight_sync.py
 	$(PY) benchmarks/adversarial.py
+	$(PY) benchmarks/report.py
+	$(PY) benchmarks/dynamic_sampling.py
+
+# The real-size check on one CUDA GPU (random weights; about 6 minutes): benchmarks/results/gpu_check.json. It runs
+# in the GPU environment (`pip install -e ".[vllm]"`, CUDA torch), not in the CPU .venv: GPU_PY names its python.
+# `python benchmarks/gpu_check.py --smoke` is the same code path on CPU (a test in `make test`).
+GPU_PY ?= python3
+gpu-check:
+	$(GPU_PY) benchmarks/gpu_check.py
 
 # Rebuild the bundled real-photo sample from the images shipped in the scikit-image and imgaug wheels.
 sample: $(STAMP)
