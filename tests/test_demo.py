@@ -105,3 +105,15 @@ def test_demo_grpo_has_a_learning_signal(warm, tmp_path, capsys, browser):
     assert dom.count("<b>#1</b>") == groups  # each group sorted, best completion first
     # Not a blank page: many colours, and the overlay colours of the masks are on screen.
     assert len(np.unique(shot.reshape(-1, 3), axis=0)) > 500
+
+
+def test_sft_target_follows_the_prompts_format():
+    """A think prompt is answered with a think part; a prompt prepared without the instruction gets the bare answer
+    (the format of SAMTok's SFT models), so a warm start never teaches tags the prompt did not ask for."""
+    from samtok_rl.prompts import conversation, gres_question
+    from samtok_rl.warmstart import completion_text
+
+    row = {"expression": "the cat", "no_target": False, "solution": "```json\n[]\n```"}
+    think = completion_text(dict(row, prompt=conversation(gres_question("the cat", think=True))))
+    assert think.startswith("<think>The cat is in the image.</think><answer>") and think.endswith("</answer>")
+    assert completion_text(dict(row, prompt=conversation(gres_question("the cat", think=False)))) == row["solution"]
