@@ -127,7 +127,7 @@ def prompt_stats(scores: torch.Tensor, weights: torch.Tensor, pass_column: int, 
     Example:
     >>> s = torch.tensor([[1.0, 1.0], [1.0, 0.4], [0.0, 0.0]])
     >>> {k: round(v, 3) for k, v in prompt_stats(s, torch.ones(2), pass_column=1, threshold=1.0).items()}
-    {'mean': 1.133, 'std': 1.007, 'pass_rate': 0.333}
+    {'mean': 1.133, 'std': 1.026, 'pass_rate': 0.333}
     """
     totals = (scores * weights.unsqueeze(0)).nansum(dim=1)
     std = group_reward_std(scores, weights, len(scores))[0].item()
