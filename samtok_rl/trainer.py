@@ -1,6 +1,6 @@
 """`SamtokGRPOTrainer`: TRL's `GRPOTrainer` with on-policy vLLM rollouts and a resume that restores the weights.
 
-The one thin subclass of TRL's trainer in samtok-rl. It overrides six methods, all pinned to the TRL release in
+The one thin subclass of TRL's trainer in samtok-rl. It overrides seven methods, all pinned to the TRL release in
 `samtok_rl.vllm_rollouts.TRL_VERSION` by `tests/test_trl_pins.py`:
 
 - `__init__`: with `use_vllm`, TRL's `VLLMGeneration` is replaced by [`OnPolicyVLLMGeneration`] for the duration of
@@ -9,6 +9,7 @@ The one thin subclass of TRL's trainer in samtok-rl. It overrides six methods, a
   order as the uninterrupted run (see [`EpochRepeatSampler`]).
 - `_load_from_checkpoint`: full-model checkpoints are reloaded through `from_pretrained` (see below).
 - `log`: also appends the logged step's rollouts to `<output_dir>/rollouts.jsonl` (`samtok_rl.rollouts`).
+- `_generate_single_turn`: completions are cut before a sampled vision placeholder token (`samtok_rl.completions`).
 - `_calculate_rewards` (records the gathered rewards) and `_generate_and_score_completions` (more rounds, then the
   informative groups only): dynamic sampling, when it is on (`samtok_rl.dynamic_sampling`).
 
@@ -28,6 +29,7 @@ from peft import PeftModel
 from trl import GRPOTrainer
 from trl.trainer.utils import RepeatSampler, split_pixel_values_by_grid, unsplit_pixel_values_by_grid
 
+from samtok_rl.completions import cut_at_placeholders
 from samtok_rl.dynamic_sampling import DynamicSampling, group_reward_std, merge_rounds, refill_indices, select_groups
 from samtok_rl.rollouts import append_rollouts, rollout_records
 from samtok_rl.runlog import use_compact_logs
@@ -104,6 +106,27 @@ class SamtokGRPOTrainer(GRPOTrainer):
             )
             append_rollouts(self.args.output_dir, records)
         super().log(logs, start_time)
+
+    def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
+        completion_ids, logprobs = super()._generate_single_turn(
+            prompt_ids, images, multimodal_fields, num_generations, has_tool_images
+        )
+        config = self.model.config
+        placeholders = {
+            self._image_pad_token_id,
+            self._video_pad_token_id,
+            getattr(config, "vision_start_token_id", None),
+            getattr(config, "vision_end_token_id", None),
+        }
+        placeholders.discard(None)  # fmt: skip
+        completion_ids, logprobs, cut = cut_at_placeholders(
+            completion_ids, logprobs, placeholders, self.eos_token_ids[0]
+        )
+        mode = "train" if self.model.training else "eval"
+        total = self.accelerator.gather(torch.tensor([cut, len(completion_ids)], device=self.accelerator.device))
+        total = total.view(-1, 2).sum(dim=0).tolist()
+        self._metrics[mode]["completions/cut_at_vision_token"].append(total[0] / max(total[1], 1))
+        return completion_ids, logprobs
 
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
         # Kept for dynamic sampling: the gathered per-function rewards of the latest round (TRL does not return them).

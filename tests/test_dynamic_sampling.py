@@ -8,7 +8,6 @@ import logging
 import os
 import subprocess
 import sys
-import zlib
 from pathlib import Path
 
 import pytest
@@ -24,23 +23,8 @@ from samtok_rl.trainer import SamtokGRPOTrainer
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def half_constant_reward(prompts, completions, solution, **kwargs) -> list[float]:
-    """Constant for about half the prompts (no spread: uninformative groups), varying with the text for the others."""
-    out = []
-    for answer, completion in zip(solution, completions):
-        if zlib.crc32(answer.encode()) % 2:  # by the row's reference answer (the prompt holds the PIL image)
-            out.append(0.5)
-        else:
-            out.append((sum(map(ord, completion[0]["content"])) % 7) / 7)
-    return out
-
-
-def constant_reward(prompts, completions, **kwargs) -> list[float]:
-    return [1.0] * len(completions)
-
-
-HALF = f"{Path(__file__).resolve()}:half_constant_reward"
-CONSTANT = f"{Path(__file__).resolve()}:constant_reward"
+HALF = f"{Path(__file__).with_name('ds_rewards.py')}:half_constant_reward"
+CONSTANT = f"{Path(__file__).with_name('ds_rewards.py')}:constant_reward"
 
 
 class SpyTrainer(SamtokGRPOTrainer):

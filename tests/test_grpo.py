@@ -101,7 +101,16 @@ def test_recipe_parses_and_dry_runs(recipe, datasets_dir, tmp_path):
     task = config["reward_preset"]
     # Without a GPU, bf16 recipes only parse with use_cpu; the dataset is swapped for the prepared sample.
     script_args, training_args, model_args = grpo.make_parser().parse_args_and_config(
-        ["--config", str(recipe), "--dry_run", "--dataset", datasets_dir[task], "--use_cpu", "--output_dir", str(tmp_path)]
+        [
+            "--config",
+            str(recipe),
+            "--dry_run",
+            "--dataset",
+            datasets_dir[task],
+            "--use_cpu",
+            "--output_dir",
+            str(tmp_path),
+        ]
     )
     assert script_args.dry_run and model_args.model_name_or_path
     assert grpo.main(script_args, training_args, model_args) is None
@@ -135,7 +144,16 @@ def test_launch_config_dry_runs_and_refuses_in_run_token_adding(config, datasets
     for key, value in launch_env(config).items():
         monkeypatch.setenv(key, value)
     recipe = ROOT / "recipes/gres/qwen2_5_vl_3b_samtok_grpo.yaml"
-    dry = ["--config", str(recipe), "--dry_run", "--dataset", datasets_dir["gres"], "--use_cpu", "--output_dir", str(tmp_path)]
+    dry = [
+        "--config",
+        str(recipe),
+        "--dry_run",
+        "--dataset",
+        datasets_dir["gres"],
+        "--use_cpu",
+        "--output_dir",
+        str(tmp_path),
+    ]
     assert grpo.main(dry) is None
     sharded = config.stem in ("zero3", "fsdp2")
     assert (checks.sharded_launch(grpo.parse_args(dry)[1]) is not None) == sharded
@@ -321,3 +339,20 @@ def test_rollouts_on_disk_are_what_the_rewards_scored(tmp_path, datasets_dir, ti
     for k in range(0, len(records), 2):
         a, b = records[k], records[k + 1]
         assert (a["advantage"] > b["advantage"]) == (a["reward"] > b["reward"]) or a["reward"] == b["reward"]
+
+
+def test_a_sampled_vision_placeholder_ends_its_completion(tmp_path, datasets_dir, tiny_models):
+    """The policy is pushed to sample `<|video_pad|>` (a bias on its logit): the completions are cut before it, the
+    cut is logged, training goes on. (TRL's HF path suppresses only the image pad and its vLLM path nothing; a
+    sampled image pad stopped a colocated vLLM run in the forward pass before this cut, see
+    test_grpo_vllm.py::test_colocate_grpo_with_dynamic_sampling.)"""
+    import json
+
+    from transformers import AutoTokenizer
+
+    video_pad = AutoTokenizer.from_pretrained(tiny_models["qwen2_5_vl"]).convert_tokens_to_ids("<|video_pad|>")
+    bias = json.dumps({"sequence_bias": [[[video_pad], 6.0]]})
+    trainer = run(tmp_path, "--model_name_or_path", "tiny:qwen2_5_vl", "--dataset", datasets_dir["gres"],
+                  "--reward_funcs", VARYING, "--generation_kwargs", bias, "--max_completion_length", "24")  # fmt: skip
+    cut = [e["completions/cut_at_vision_token"] for e in trainer.state.log_history if "reward" in e]
+    assert len(cut) == 2 and max(cut) > 0, cut

@@ -56,7 +56,9 @@ def test_colocate_grpo_two_steps(tmp_path, gres_dir):
     # TRL's sampling metrics (fp32 on both sides): vLLM's logprob of each sampled token vs the trainer's.
     # The full metrics are in metrics.jsonl (the console shows one compact line per step).
     entries = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    gaps = [e["sampling/sampling_logp_difference/max"] for e in entries if "sampling/sampling_logp_difference/max" in e]
+    gaps = [
+        e["sampling/sampling_logp_difference/max"] for e in entries if "sampling/sampling_logp_difference/max" in e
+    ]
     print(f"colocated GRPO sampling_logp_difference/max per step: {gaps}")
     assert len(gaps) == 2 and max(gaps) < LOGP_TOL, gaps
     tables = sorted((tmp_path / "completions").glob("*.parquet"))
@@ -67,6 +69,30 @@ def test_colocate_grpo_two_steps(tmp_path, gres_dir):
     # Random tiny weights: about half the vocabulary is mask tokens, so they show up in the sampled text (they are
     # non-special, so TRL's skip_special_tokens decode keeps them).
     assert any("<|mt_" in c for c in completions)
+
+
+def test_colocate_grpo_with_dynamic_sampling(tmp_path, gres_dir):
+    """Dynamic sampling's extra rounds go through the colocated engine too: they run, and stay on-policy."""
+    build_tiny_vlm("qwen2_5_vl")
+    reward = f"{Path(__file__).with_name('ds_rewards.py')}:half_constant_reward"  # half the prompts never vary
+    cmd = [
+        sys.executable, "-m", "samtok_rl.grpo", "--config", str(ROOT / "recipes/demo.yaml"),
+        "--output_dir", str(tmp_path), "--dataset", gres_dir, "--reward_preset", "gres", "--reward_funcs", reward,
+        "--reward_weights", "0", "0", "0", "0", "1", "--max_steps", "3", "--save_strategy", "no",
+        "--max_completion_length", "16", "--use_vllm", "--vllm_mode", "colocate", "--vllm_gpu_memory_utilization",
+        "0.3", "--vllm_max_model_length", "1024", "--max_pixels", "50176", "--dynamic_sampling",
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=ROOT, env=VLLM_ENV, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    entries = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    steps = [e for e in entries if "dynamic_sampling/extra_rounds" in e]
+    assert len(steps) == 3
+    assert any(e["dynamic_sampling/extra_rounds"] > 0 for e in steps), steps
+    assert all(e["dynamic_sampling/batch_frac_reward_zero_std"] == 0 or e["dynamic_sampling/cap_hit"] for e in steps)
+    assert max(e["sampling/sampling_logp_difference/max"] for e in steps) < LOGP_TOL
+    # The random policy samples vision placeholders now and then; each is cut (a sampled <|image_pad|> stopped this
+    # run in the forward pass before the cut existed).
+    print("completions/cut_at_vision_token per step:", [e["completions/cut_at_vision_token"] for e in steps])
 
 
 def _free_port() -> int:

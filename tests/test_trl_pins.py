@@ -37,6 +37,7 @@ PINNED = {
     Trainer._load_from_checkpoint: "4711d0506786db15",
     # Dynamic sampling: the gathered rewards it reads, the output dict it merges (keys, padding sides), the buffering
     # that splits the merged batch, and the per-sample pixel split it relies on.
+    GRPOTrainer._generate_single_turn: "e0f02e4fc094cefd",  # returns the completion ids the vision-token cut edits
     GRPOTrainer._calculate_rewards: "736ae29b083840b5",
     GRPOTrainer._generate_and_score_completions: "1fa48922792dcd5c",
     GRPOTrainer._prepare_inputs: "f824e7fb07147956",
