@@ -35,7 +35,7 @@ from transformers import AutoTokenizer, set_seed
 from samtok_rl.cli import config_parser, report_errors
 from samtok_rl.data import read_grandf_gcg_gt, read_grefcoco, sample_paths
 from samtok_rl.errors import UsageError
-from samtok_rl.files import check_local_path, open_rgb
+from samtok_rl.files import check_local_path, open_rgb, read_json_lines
 from samtok_rl.generation import HFGenerator, VLLMGenerator, resolve_backend
 from samtok_rl.logs import setup_logging
 from samtok_rl.mask_tokenizer import build_mask_tokenizer, check_mask_tokenizer_source, default_device
@@ -173,20 +173,7 @@ def read_jsonl(path: Path, quarantine: bool = True) -> list[dict]:
     from an interrupted run, or damage) is moved to `<file>.rejected` with a warning, so its sample is generated
     again and nothing is lost. Readers that must not change the folder (`samtok-rl inspect`) pass
     `quarantine=False`: such lines are then skipped with the warning only."""
-    if not path.is_file():
-        return []
-    records, rejected = [], []
-    for k, line in enumerate(path.read_text(encoding="utf-8").splitlines()):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            record = None
-        if isinstance(record, dict) and "id" in record:
-            records.append(record)
-        else:
-            rejected.append((k + 1, line))
+    records, rejected = read_json_lines(path, key="id")
     if rejected and not quarantine:
         logger.warning(
             "%s: line(s) %s are not prediction records and are left out", path, ", ".join(str(k) for k, _ in rejected)

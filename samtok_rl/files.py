@@ -13,7 +13,15 @@ from PIL import Image
 from samtok_rl.errors import UsageError
 
 
-__all__ = ["cache_dir", "check_local_path", "looks_local", "open_rgb", "save_checkpoint", "write_json_atomic"]
+__all__ = [
+    "cache_dir",
+    "check_local_path",
+    "looks_local",
+    "open_rgb",
+    "read_json_lines",
+    "save_checkpoint",
+    "write_json_atomic",
+]
 
 
 def cache_dir(name: str) -> Path:
@@ -45,6 +53,34 @@ def check_local_path(name: str, what: str) -> None:
     """Refuse a local-looking path that does not exist at once (the Hub would retry it for minutes)."""
     if looks_local(str(name)) and not Path(name).expanduser().exists():
         raise UsageError(f"{what} {str(name)!r} does not exist (a local path; a Hub id looks like namespace/name)")
+
+
+def read_json_lines(path: Path, key: str | None = None) -> tuple[list[dict], list[tuple[int, str]]]:
+    """The JSON-object lines of an append-only JSONL file, and the lines that are not (a torn write from an interrupted
+    run, or damage) as `(line number, text)`, for the caller to report. Blank lines are skipped; with `key`, an object
+    without that key counts as not a record. A missing file gives no lines.
+
+    Example:
+    >>> import tempfile; f = Path(tempfile.mkdtemp()) / "a.jsonl"
+    >>> _ = f.write_text('{"id": 1}\\n\\n{"x": 2}\\n{"id": 3, "t')
+    >>> read_json_lines(f, key="id")
+    ([{'id': 1}], [(3, '{"x": 2}'), (4, '{"id": 3, "t')])
+    """
+    if not path.is_file():
+        return [], []
+    records, rejected = [], []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            record = None
+        if isinstance(record, dict) and (key is None or key in record):
+            records.append(record)
+        else:
+            rejected.append((number, line))
+    return records, rejected
 
 
 def write_json_atomic(path: Path, payload: dict) -> None:

@@ -33,7 +33,7 @@ from samtok_rl.cli import config_parser, report_errors
 from samtok_rl.configs import SamtokScriptArguments
 from samtok_rl.dynamic_sampling import group_reward_std
 from samtok_rl.errors import UsageError
-from samtok_rl.files import open_rgb, write_json_atomic
+from samtok_rl.files import open_rgb, read_json_lines, write_json_atomic
 from samtok_rl.logs import setup_logging
 from samtok_rl.parsing import clean_output
 from samtok_rl.prepare import write_prepared
@@ -137,16 +137,11 @@ def prompt_stats(scores: torch.Tensor, weights: torch.Tensor, pass_column: int, 
 
 def _read_scores(path: Path) -> dict[int, dict]:
     """Finished prompts by row; a torn last line (an interrupted write) is scored again."""
-    done = {}
-    if path.is_file():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                logger.warning("%s: a line that is not a record is ignored (its prompt is scored again)", path)
-                continue
-            done[record["row"]] = record
-    return done
+    records, bad = read_json_lines(path, key="row")
+    if bad:
+        logger.warning("%s: line(s) %s are not records and are ignored (their prompts are scored again)", path,
+                       ", ".join(str(k) for k, _ in bad))  # fmt: skip
+    return {record["row"]: record for record in records}
 
 
 def filter_dataset(config: FilterConfig, generator=None) -> dict:

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from samtok_rl.errors import UsageError
+from samtok_rl.files import read_json_lines
 from samtok_rl.masks import decode_rle
 from samtok_rl.parsing import NO_TARGET, split_think_answer
 from samtok_rl.prompts import R1_SUFFIX
@@ -38,15 +39,9 @@ BLOB_SHARE = 0.5  # a mask covering more than this share of the image is flagged
 
 def _jsonl(path: Path) -> list[dict]:
     """The JSON records of a file; a torn last line (a run killed mid-write) is left out with a warning."""
-    records, bad = [], []
-    for k, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if line.strip():
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                bad.append(k)
+    records, bad = read_json_lines(path)
     if bad:
-        logger.warning("%s: line(s) %s are not JSON and are left out", path, ", ".join(map(str, bad)))
+        logger.warning("%s: line(s) %s are not JSON and are left out", path, ", ".join(str(k) for k, _ in bad))
     return records
 
 
