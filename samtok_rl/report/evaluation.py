@@ -21,7 +21,7 @@ from samtok_rl.masks import coco_rle, decode_rle
 from samtok_rl.metrics import GCG_COLUMNS, GRES_COLUMNS, greedy_pairs, gres_sample, iou_matrix, union_masks
 
 from .overlay import colour_hex
-from .page import esc, figure, legend, page, table
+from .page import esc, figure, kind_chips, legend, page, table
 from .render import Pictures, code_colours, load_image, marked_text
 
 
@@ -51,7 +51,7 @@ def _duplicates(record: dict) -> bool:
 
 
 def score_gres_samples(records: list[dict], gt_rows: dict[str, dict]) -> list[dict]:
-    """Per GRES sample: `iou` (its gIoU term), ReLA's `outcome`, the GT masks and the failure `kinds`."""
+    """Per GRES sample: `score` (its gIoU term), ReLA's `outcome`, its GT row and the failure `kinds`."""
     scored = []
     for record in records:
         size = tuple(record["size"])
@@ -68,8 +68,9 @@ def score_gres_samples(records: list[dict], gt_rows: dict[str, dict]) -> list[di
             kinds.add("missed-target")
         if _duplicates(record):
             kinds.add("duplicates")
-        scored.append({"record": record, "score": sample.iou, "outcome": sample.outcome, "gt": gt, "pred": pred,
-                       "kinds": kinds})  # fmt: skip
+        # The masks are decoded again for the samples the page shows: a whole split's would not fit in memory.
+        scored.append({"record": record, "score": sample.iou, "outcome": sample.outcome,
+                       "gt_row": gt_rows[record["id"]], "kinds": kinds})  # fmt: skip
     return scored
 
 
@@ -89,27 +90,30 @@ def score_gcg_samples(records: list[dict], gt_rows: dict[str, dict]) -> list[dic
             kinds.add("duplicates")
         if record.get("phrases_without_span") or record.get("spans_without_phrase"):
             kinds.add("phrase-mismatch")
-        scored.append({"record": record, "score": score, "pairs": pairs, "gt_row": row, "kinds": kinds,
-                       "gt": [decode_rle(r) for r in row["gt_masks"]],
-                       "pred": [decode_rle(r) for r in record["masks"]]})  # fmt: skip
+        scored.append({"record": record, "score": score, "pairs": pairs, "gt_row": row, "kinds": kinds})
     return scored
+
+
+def _masks(rles) -> list[np.ndarray]:
+    return [decode_rle(r) for r in rles]
 
 
 def _gres_card(rank: int, item: dict, pictures: Pictures) -> str:
     record = item["record"]
+    gt, pred = _masks(item["gt_row"]["gt_masks"]), _masks(record["masks"])
     image, real = load_image(record["image"], record["size"])
     colours = code_colours([c for c in record["codes"] if c is not None])
-    gt_src = pictures.save(image, item["gt"])
-    pred_src = pictures.save(image, item["pred"], [colours[tuple(c)] for c in record["codes"] if c is not None])
-    gt_caption = f"ground truth: {len(item['gt'])} target(s)" if item["gt"] else "ground truth: no target"
+    gt_src = pictures.save(image, gt)
+    pred_src = pictures.save(image, pred, [colours[tuple(c)] for c in record["codes"] if c is not None])
+    gt_caption = f"ground truth: {len(gt)} target(s)" if gt else "ground truth: no target"
     if not real:
         gt_caption += " (image not found: grey canvas)"
-    pred_caption = f"prediction: {len(item['pred'])} mask(s)" if item["pred"] else "prediction: no target"
-    chips = "".join(f'<span class="kind">{esc(_KIND_LABELS[k])}</span>' for k in sorted(item["kinds"]))
+    pred_caption = f"prediction: {len(pred)} mask(s)" if pred else "prediction: no target"
+    chips = kind_chips(item["kinds"], _KIND_LABELS)
     head = (f"<h3>#{rank} · IoU {item['score']:.3f} · {esc(_OUTCOMES[item['outcome']])} · {esc(record['id'])} · "
             f"&ldquo;{esc(record.get('expression', ''))}&rdquo;</h3>{chips}")  # fmt: skip
     gt_fig = figure(gt_src, esc(gt_caption) + "<br>" + legend([(colour_hex(k), f"GT {k + 1}") for k in
-                                                               range(len(item["gt"]))]), "ground truth")  # fmt: skip
+                                                               range(len(gt))]), "ground truth")  # fmt: skip
     pred_fig = figure(
         pred_src,
         esc(pred_caption) + "<br>" + legend([(colour_hex(c), f"{a}·{b}") for (a, b), c in colours.items()]),
@@ -122,19 +126,20 @@ def _gres_card(rank: int, item: dict, pictures: Pictures) -> str:
 
 def _gcg_card(rank: int, item: dict, pictures: Pictures) -> str:
     record, row = item["record"], item["gt_row"]
+    gt, pred = _masks(row["gt_masks"]), _masks(record["masks"])
     image, real = load_image(record["image"], record["size"])
     # A matched predicted phrase takes its GT phrase's colour; the unmatched ones follow the GT colours.
     pred_colour = {p: g for p, g, _ in item["pairs"]}
-    extra = iter(range(len(item["gt"]), len(item["gt"]) + len(item["pred"])))
-    pred_colours = [pred_colour[p] if p in pred_colour else next(extra) for p in range(len(item["pred"]))]
-    gt_src = pictures.save(image, item["gt"])
-    pred_src = pictures.save(image, item["pred"], pred_colours)
+    extra = iter(range(len(gt), len(gt) + len(pred)))
+    pred_colours = [pred_colour[p] if p in pred_colour else next(extra) for p in range(len(pred))]
+    gt_src = pictures.save(image, gt)
+    pred_src = pictures.save(image, pred, pred_colours)
     matched = {p: (g, iou) for p, g, iou in item["pairs"]}
     rows = []
     for p, phrase in enumerate(record["phrases"]):
         g, iou = matched.get(p, (None, None))
         rows.append((phrase, row["phrases"][g] if g is not None else "-", iou))
-    chips = "".join(f'<span class="kind">{esc(_KIND_LABELS[k])}</span>' for k in sorted(item["kinds"]))
+    chips = kind_chips(item["kinds"], _KIND_LABELS)
     caption_note = "" if real else " (image not found: grey canvas)"
     head = f"<h3>#{rank} · mIoU {item['score']:.3f} · {esc(record['id'])}</h3>{chips}"
     gt_fig = figure(gt_src, esc("ground truth" + caption_note) + "<br>" + legend(

@@ -12,7 +12,7 @@ import html
 from collections.abc import Sequence
 
 
-__all__ = ["esc", "figure", "legend", "page", "table"]
+__all__ = ["esc", "figure", "kind_chips", "legend", "page", "table"]
 
 _CSS = """
 body { font: 14px/1.4 system-ui, sans-serif; margin: 0 1.5em 3em; color: #222; background: #fafafa; }
@@ -91,6 +91,11 @@ def table(header: Sequence[str], rows: Sequence[Sequence], cls: str = "") -> str
 def legend(items: Sequence[tuple[str, str]]) -> str:
     """Colour chips with their labels: `[(css colour, label), ...]`."""
     return " ".join(f'<span class="chip" style="background:{c}"></span>{esc(label)}' for c, label in items)
+
+
+def kind_chips(kinds, labels: dict[str, str]) -> str:
+    """The failure kinds of a card as labelled chips, in a fixed order."""
+    return "".join(f'<span class="kind">{esc(labels[k])}</span>' for k in sorted(kinds))
 
 
 def figure(src: str, caption_html: str, alt: str) -> str:

@@ -24,7 +24,7 @@ from samtok_rl.rollouts import ROLLOUTS_FILE, RUN_FILE
 from samtok_rl.runlog import METRICS_FILE
 
 from .overlay import colour_hex
-from .page import esc, figure, legend, page, table
+from .page import esc, figure, kind_chips, legend, page, table
 from .plots import plot_curves
 from .render import Pictures, code_colours, load_image, marked_text
 
@@ -131,9 +131,9 @@ def _group_card(step: int, records: list[dict], image: np.ndarray, real: bool, m
         kinds = _kinds(record, decoded)
         group_kinds |= kinds
         src = pictures.save(image, list(decoded), [colours[tuple(c)] for c in record["codes"]])
-        reward_rows = [(name, value) for name, value in record["rewards"].items()]
+        reward_rows = list(record["rewards"].items())
         reward_rows += [("total", record["reward"]), ("advantage", record["advantage"])]
-        chips = "".join(f'<span class="kind">{esc(_KIND_LABELS[x])}</span>' for x in sorted(kinds))
+        chips = kind_chips(kinds, _KIND_LABELS)
         score = "reward -" if record["reward"] is None else f"reward {record['reward']:.3f}"
         caption = (
             f"<b>#{rank}</b> {score}, {len(record['codes'])} mask(s) {chips}<br>"
