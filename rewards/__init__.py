@@ -33,6 +33,7 @@ from samtok_rl.errors import UsageError
 __all__ = [
     "PRESETS",
     "REWARDS",
+    "THINK_ANSWER",
     "MaskIoUReward",
     "RepetitionReward",
     "TokenizerBoundReward",
@@ -68,6 +69,15 @@ REWARDS: dict[str, Callable] = {
         get_mask_iou_reward(),
     )
 }
+
+# The rewards that read the response's `<think>`/`<answer>` parts: on a prompt without the R1 think/answer
+# instruction (`samtok-rl prepare --no_think`) the model answers bare, and these score every answer 0 (the format
+# rule fails, a missing answer part scores 0), except `No target.` on no-target rows, which the no-target rule reads
+# from the full response. Training them on such prompts teaches "No target." everywhere; `samtok-rl train` refuses.
+THINK_ANSWER = frozenset(
+    {"format_reward", "gres_mask_reward", "gres_mask_reward_hungarian", "repetition_think_reward",
+     "repetition_answer_reward", "mask_iou_reward"}
+)  # fmt: skip
 
 # The reference reward sums: GRES 0..4 (format + accuracy + non-repeat on think and on answer), GCG 0..3.
 PRESETS: dict[str, list[str]] = {

@@ -20,6 +20,7 @@ from samtok_rl.errors import UsageError
 from samtok_rl.files import check_local_path
 from samtok_rl.mask_tokenizer import CHECKPOINT_NAME, MICRO
 from samtok_rl.prepare import PREPARED_FEATURES
+from samtok_rl.prompts import asks_to_think
 from samtok_rl.tokens import MASK_TOKENS, format_mask, missing_mask_tokens
 
 
@@ -191,6 +192,21 @@ def check_tasks(dataset, specs: list[str]) -> None:
             raise UsageError(
                 f"reward {spec!r} scores {task.group(1)} rows but the dataset holds only {sorted(tasks)} rows: "
                 f"use the {sorted(tasks)[0]} preset or another dataset"
+            )
+
+
+def check_prompt_format(dataset, specs: list[str]) -> None:
+    """Rewards that read the think/answer parts (`rewards.THINK_ANSWER`) need prompts that ask for them: on a bare
+    prompt they score every target answer 0 and only `No target.` earns reward, silently."""
+    names = [spec for spec in specs if spec.rsplit(":", 1)[-1].rsplit(".", 1)[-1] in rewards.THINK_ANSWER]
+    if not names or "prompt" not in dataset.column_names:
+        return
+    for i, prompt in enumerate(dataset["prompt"]):
+        if not asks_to_think(prompt):
+            raise UsageError(
+                f"dataset row {i}: the prompt does not ask for <think>/<answer> (prepared with --no_think?), but the "
+                f"rewards {names} score only the answer part: prepare with the think instruction or use rewards "
+                "that read the bare response"
             )
 
 

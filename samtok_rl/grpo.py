@@ -23,6 +23,7 @@ import rewards
 from samtok_rl.checks import (
     check_columns,
     check_mask_tokens,
+    check_prompt_format,
     check_recipe,
     check_rewards_package,
     check_tasks,
@@ -133,6 +134,7 @@ def main(script_args=None, training_args=None, model_args=None):
     dataset = load_dataset(script_args, training_args)
     check_columns(dataset, funcs, specs)
     check_tasks(dataset, specs)
+    check_prompt_format(dataset, specs)
     if script_args.dry_run:
         logger.info(
             "dry run OK: rewards %s (weights %s), %d rows, generation batch %d completions = %d prompts "

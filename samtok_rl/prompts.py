@@ -52,6 +52,28 @@ def gcg_question(think: bool = True, question: str = GCG_QUESTION) -> str:
     return f"{question.rstrip().removesuffix('.')} and highlight the phrases. {R1_SUFFIX}"
 
 
+def asks_to_think(prompt) -> bool:
+    """Whether a prompt (plain text, or conversational messages with text blocks) carries the R1 think/answer
+    instruction; a missing prompt counts as asking.
+
+    Example:
+    >>> asks_to_think(conversation(gres_question("the cup"))), asks_to_think("Please segment the cup.")
+    (True, False)
+    """
+    if not prompt:
+        return True
+    if isinstance(prompt, str):
+        return R1_SUFFIX in prompt
+    texts = []
+    for message in prompt:
+        content = message.get("content") if isinstance(message, dict) else None
+        if isinstance(content, str):
+            texts.append(content)
+        elif isinstance(content, list):
+            texts.extend(b.get("text") or "" for b in content if isinstance(b, dict))
+    return any(R1_SUFFIX in t for t in texts)
+
+
 def conversation(question: str) -> list[dict]:
     """A one-turn conversational prompt with an image block before the question (TRL's VLM prompt format)."""
     return [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]

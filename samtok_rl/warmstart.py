@@ -32,7 +32,7 @@ from transformers import AutoModelForImageTextToText, AutoProcessor
 from trl import SFTConfig, SFTTrainer
 
 from samtok_rl.files import cache_dir, save_checkpoint
-from samtok_rl.prompts import R1_SUFFIX
+from samtok_rl.prompts import asks_to_think
 
 
 __all__ = ["WARMSTART_VERSION", "completion_text", "sft_dataset", "warm_start", "warm_start_dir"]
@@ -46,7 +46,7 @@ WARMSTART_VERSION = "ws1"
 def completion_text(row: dict) -> str:
     """The SFT target of one prepared row: a templated think part, then the reference answer (`solution`); the bare
     answer for a prompt without the think/answer instruction (prepared with `think: false`)."""
-    if not _asks_to_think(row.get("prompt")):
+    if not asks_to_think(row.get("prompt")):
         return row["solution"]
     expression = (row.get("expression") or "").strip()
     if row.get("no_target"):
@@ -56,14 +56,6 @@ def completion_text(row: dict) -> str:
     else:
         think = "The image shows the objects to segment."
     return f"<think>{think}</think><answer>{row['solution']}</answer>"
-
-
-def _asks_to_think(prompt) -> bool:
-    """Whether a conversational prompt carries the R1 think/answer instruction (rows without a prompt: yes)."""
-    if not prompt:
-        return True
-    texts = [b.get("text") or "" for m in prompt for b in (m.get("content") or []) if isinstance(b, dict)]
-    return any(R1_SUFFIX in t for t in texts)
 
 
 def sft_dataset(dataset: datasets.Dataset) -> datasets.Dataset:

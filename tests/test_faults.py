@@ -23,6 +23,7 @@ from PIL import Image
 from samtok_rl import cli, evaluate, grpo, prepare
 from samtok_rl.errors import UsageError
 from samtok_rl.mask_tokenizer import build_mask_tokenizer
+from samtok_rl.prompts import R1_SUFFIX
 from samtok_rl.tiny import build_tiny_processor, build_tiny_vlm
 
 
@@ -85,6 +86,30 @@ def test_prepared_dataset_with_an_empty_solution(tmp_path, datasets_dir):
 def test_a_task_dataset_with_the_other_tasks_preset(tmp_path, datasets_dir, data, preset):
     with pytest.raises(UsageError, match=rf"scores {preset} rows but the dataset holds only \['{data}'\] rows"):
         dry(tmp_path, datasets_dir[data], "--reward_preset", preset)
+
+
+def test_think_answer_rewards_on_a_bare_prompt_are_refused(tmp_path, datasets_dir):
+    """A bare prompt (prepared with --no_think) gets a bare answer, which the GRES preset scores 0 unless it is
+    `No target.`: GRPO would learn to say "No target." everywhere without a word. Row 3 alone lost the instruction."""
+    folder = copy_prepared(datasets_dir["gres"], tmp_path / "data")
+
+    def bare_row_3(table):
+        prompts = table.column("prompt").to_pylist()
+        for block in prompts[3][0]["content"]:
+            if block.get("text"):
+                block["text"] = block["text"].replace(R1_SUFFIX, "").strip()
+        return table.set_column(table.schema.get_field_index("prompt"), "prompt",
+                                pa.array(prompts, table.schema.field("prompt").type))  # fmt: skip
+
+    rewrite_shard(folder, bare_row_3)
+    with pytest.raises(
+        UsageError, match=r"dataset row 3: the prompt does not ask for <think>/<answer>.*'gres_mask_reward'"
+    ):
+        dry(tmp_path, str(folder), "--reward_preset", "gres")
+    # A reward that reads the bare response (a plug-in) is not refused.
+    assert (
+        dry(tmp_path, str(folder), "--reward_funcs", "rewards.examples.length_penalty.length_penalty_reward") is None
+    )
 
 
 def test_the_same_training_command_twice_is_refused_and_overwrites_nothing(tmp_path, datasets_dir):
