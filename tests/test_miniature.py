@@ -1,0 +1,84 @@
+"""The learnable miniature: synthetic shapes through prepare -> SFT -> GRPO -> eval, on a shortened run."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from samtok_rl import miniature
+from samtok_rl.errors import UsageError
+from samtok_rl.masks import decode_rle
+
+
+def test_the_synthetic_set_is_a_grefcoco_folder_with_exact_masks(tmp_path):
+    out = miniature.make_miniature(tmp_path, seed=3, train_images=12, val_images=4)
+    refs = json.loads((out / "grefs(unc).json").read_text())
+    instances = json.loads((out / "instances.json").read_text())
+    assert {r["split"] for r in refs} == {"train", "val"} and len(refs) == 2 * 16
+    anns = {a["id"]: a for a in instances["annotations"]}
+    kinds = {"single": 0, "group": 0, "none": 0}
+    for ref in refs:
+        sentence = ref["sentences"][0]["sent"]
+        image = np.asarray(Image.open(out / "images" / ref["file_name"]).convert("RGB")).astype(int)
+        if ref["no_target"]:
+            kinds["none"] += 1
+            assert ref["ann_id"] == [-1]
+            # It names a kind or a colour no image holds.
+            assert miniature.ABSENT_KIND in sentence or miniature.ABSENT_COLOUR in sentence
+            continue
+        kinds["group" if sentence.startswith("all ") else "single"] += 1
+        for ann_id in ref["ann_id"]:
+            mask = decode_rle(anns[ann_id]["segmentation"])
+            pixels = image[mask]
+            # The GT mask covers exactly the pixels of one painted shape: one colour, named by the expression.
+            assert mask.sum() == anns[ann_id]["area"] > 0 and (pixels == pixels[0]).all()
+            colour = next(name for name, rgb in miniature.COLOURS.items() if tuple(pixels[0]) == rgb)
+            kind = next(k for k in miniature.KINDS if k in sentence) if "shapes" not in sentence else None
+            assert colour in sentence or kind is not None
+            if kind is not None:  # the mask's shape: a square fills its box, a circle or a triangle does not
+                x, y, w, h = anns[ann_id]["bbox"]
+                fill = mask.sum() / (w * h)
+                assert {"square": fill > 0.99, "circle": 0.7 < fill < 0.85, "triangle": 0.4 < fill < 0.6}[kind]
+    assert all(kinds.values()), kinds  # every expression kind occurs
+    # The same seed writes the same set.
+    again = miniature.make_miniature(tmp_path / "again", seed=3, train_images=12, val_images=4)
+    assert json.loads((again / "grefs(unc).json").read_text()) == refs
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "message"),
+    [("sft_fraction", "1.0", "sft_fraction"), ("grpo_steps", "0", "grpo_steps"), ("val_images", "0", "val_images")],
+)
+def test_bad_settings_are_refused_before_any_work(tmp_path, flag, value, message):
+    with pytest.raises(UsageError, match=message):
+        miniature.main(["--output_dir", str(tmp_path / "run"), f"--{flag}", value])
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_shortened_miniature_runs_end_to_end_with_finite_metrics(tmp_path, capsys):
+    out = tmp_path / "mini"
+    results = miniature.main(["--output_dir", str(out), "--train_images", "20", "--val_images", "6",
+                              "--sft_steps", "40", "--grpo_steps", "2", "--seed", "1"])  # fmt: skip
+    for arm in ("sft", "grpo"):
+        assert set(results[arm]) == set(miniature.TABLE_METRICS)
+        assert all(math.isfinite(v) for v in results[arm].values()), results[arm]
+        # The eval went through `samtok-rl eval`: one prediction per val expression.
+        lines = (out / f"eval_{arm}" / "predictions_val.jsonl").read_text().splitlines()
+        assert len(lines) == 2 * 6
+    # GRPO ran its steps on the warm start (with 40 SFT steps its groups may all tie, so the weights may not move) and
+    # the printed table compares the two evaluations.
+    logged = [json.loads(line) for line in (out / "grpo" / "metrics.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in logged if "reward" in e] == [1, 2]
+    assert json.loads((out / "grpo" / "samtok_run.json").read_text())["rewards"][:2] == [
+        "format_reward",
+        "gres_mask_reward",
+    ]
+    table = capsys.readouterr().out
+    assert "SFT start" in table and "after GRPO" in table
+    for key in miniature.TABLE_METRICS:
+        assert key.replace("_", "-") in table
+    assert json.loads((out / "results.json").read_text())["grpo"] == results["grpo"]
