@@ -1,4 +1,4 @@
-"""The learnable miniature over several seeds: SFT start vs after GRPO vs GRPO with dynamic sampling, mean and spread.
+"""The miniature over several seeds: SFT start vs after GRPO vs GRPO with dynamic sampling, mean and spread.
 
     python benchmarks/miniature.py [--seeds 0 1 2] [--output_dir outputs/miniature_seeds]
 

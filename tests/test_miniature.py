@@ -1,4 +1,4 @@
-"""The learnable miniature: synthetic shapes through prepare -> SFT -> GRPO -> eval, on a shortened run."""
+"""The miniature: synthetic shapes through prepare -> SFT -> GRPO -> eval, on a shortened run."""
 
 from __future__ import annotations
 
