@@ -12,42 +12,11 @@ from functools import lru_cache
 
 from samtok_rl.errors import UsageError
 from samtok_rl.parsing import find_span_codes, gcg_pairs, split_think_answer
+from samtok_rl.prompts import message_text as completion_text
 
 
 # One generation batch per process (TRL's default GRES setting is 4096 completions) plus slack.
 _CACHE_SIZE = 8192
-
-
-def completion_text(completion) -> str | None:
-    """The text of one TRL completion: a string, or a conversational list of messages (contents concatenated).
-
-    Message contents may be strings or lists of `{"type": "text", "text": ...}` blocks. Anything else gives `None`,
-    which the rewards score as a missing response.
-
-    Example:
-    >>> completion_text([{"role": "assistant", "content": "<answer>No target.</answer>"}])
-    '<answer>No target.</answer>'
-    >>> completion_text(None) is None
-    True
-    """
-    if isinstance(completion, str):
-        return completion
-    if not isinstance(completion, list):
-        return None
-    parts = []
-    for message in completion:
-        content = message.get("content") if isinstance(message, dict) else None
-        if isinstance(content, str):
-            parts.append(content)
-        elif isinstance(content, list):
-            parts.extend(
-                block["text"]
-                for block in content
-                if isinstance(block, dict) and block.get("type") == "text" and isinstance(block.get("text"), str)
-            )
-        else:
-            return None
-    return "".join(parts) if parts else None
 
 
 def completion_texts(completions, completion_ids=None) -> list[str | None]:

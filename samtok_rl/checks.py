@@ -183,11 +183,16 @@ def resolve_resume(training_args) -> str | None:
     return str(checkpoint)
 
 
+def reward_name(spec: str) -> str:
+    """The function name a reward spec ends in: `gres_mask_reward`, `pkg.mod.fn` -> `fn`, `path/file.py:fn` -> `fn`."""
+    return spec.rsplit(":", 1)[-1].rsplit(".", 1)[-1]
+
+
 def check_tasks(dataset, specs: list[str]) -> None:
     """Task rewards (`gres_*`, `gcg_*`) need rows of their task, else they would score nothing (`None`) silently."""
     tasks = set(dataset.unique("task")) if "task" in dataset.column_names else set()
     for spec in specs:
-        task = re.match(r"(gres|gcg)_", spec.rsplit(":", 1)[-1].rsplit(".", 1)[-1])
+        task = re.match(r"(gres|gcg)_", reward_name(spec))
         if task and tasks and task.group(1) not in tasks:
             raise UsageError(
                 f"reward {spec!r} scores {task.group(1)} rows but the dataset holds only {sorted(tasks)} rows: "
@@ -198,7 +203,7 @@ def check_tasks(dataset, specs: list[str]) -> None:
 def check_prompt_format(dataset, specs: list[str]) -> None:
     """Rewards that read the think/answer parts (`rewards.THINK_ANSWER`) need prompts that ask for them: on a bare
     prompt they score every target answer 0 and only `No target.` earns reward, silently."""
-    names = [spec for spec in specs if spec.rsplit(":", 1)[-1].rsplit(".", 1)[-1] in rewards.THINK_ANSWER]
+    names = [spec for spec in specs if reward_name(spec) in rewards.THINK_ANSWER]
     if not names or "prompt" not in dataset.column_names:
         return
     for i, prompt in enumerate(dataset["prompt"]):

@@ -52,6 +52,39 @@ def gcg_question(think: bool = True, question: str = GCG_QUESTION) -> str:
     return f"{question.rstrip().removesuffix('.')} and highlight the phrases. {R1_SUFFIX}"
 
 
+def message_text(messages) -> str | None:
+    """The text of a TRL prompt or completion: a string, or a conversational list of messages (contents concatenated).
+
+    Message contents may be strings or lists of `{"type": "text", "text": ...}` blocks. Anything else gives `None`,
+    which the rewards score as a missing response
+    (`rewards._text.completion_text` is this function) and `asks_to_think` as a prompt that does not ask.
+
+    Example:
+    >>> message_text([{"role": "assistant", "content": "<answer>No target.</answer>"}])
+    '<answer>No target.</answer>'
+    >>> message_text(None) is None
+    True
+    """
+    if isinstance(messages, str):
+        return messages
+    if not isinstance(messages, list):
+        return None
+    parts = []
+    for message in messages:
+        content = message.get("content") if isinstance(message, dict) else None
+        if isinstance(content, str):
+            parts.append(content)
+        elif isinstance(content, list):
+            parts.extend(
+                block["text"]
+                for block in content
+                if isinstance(block, dict) and block.get("type") == "text" and isinstance(block.get("text"), str)
+            )
+        else:
+            return None
+    return "".join(parts) if parts else None
+
+
 def asks_to_think(prompt) -> bool:
     """Whether a prompt (plain text, or conversational messages with text blocks) carries the R1 think/answer
     instruction; a missing prompt counts as asking.
@@ -62,16 +95,8 @@ def asks_to_think(prompt) -> bool:
     """
     if not prompt:
         return True
-    if isinstance(prompt, str):
-        return R1_SUFFIX in prompt
-    texts = []
-    for message in prompt:
-        content = message.get("content") if isinstance(message, dict) else None
-        if isinstance(content, str):
-            texts.append(content)
-        elif isinstance(content, list):
-            texts.extend(b.get("text") or "" for b in content if isinstance(b, dict))
-    return any(R1_SUFFIX in t for t in texts)
+    text = message_text(prompt)
+    return text is not None and R1_SUFFIX in text
 
 
 def conversation(question: str) -> list[dict]:
