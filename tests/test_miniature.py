@@ -12,6 +12,7 @@ from PIL import Image
 from samtok_rl import miniature
 from samtok_rl.errors import UsageError
 from samtok_rl.masks import decode_rle
+from samtok_rl.prepare import load_prepared
 
 
 def test_the_synthetic_set_is_a_grefcoco_folder_with_exact_masks(tmp_path):
@@ -51,7 +52,12 @@ def test_the_synthetic_set_is_a_grefcoco_folder_with_exact_masks(tmp_path):
 
 @pytest.mark.parametrize(
     ("flag", "value", "message"),
-    [("sft_fraction", "1.0", "sft_fraction"), ("grpo_steps", "0", "grpo_steps"), ("val_images", "0", "val_images")],
+    [
+        ("sft_fraction", "1.0", "sft_fraction"),
+        ("grpo_steps", "0", "grpo_steps"),
+        ("val_images", "0", "val_images"),
+        ("held_out", "purple circle", "held_out 'purple circle'"),
+    ],
 )
 def test_bad_settings_are_refused_before_any_work(tmp_path, flag, value, message):
     with pytest.raises(UsageError, match=message):
@@ -64,11 +70,21 @@ def test_a_shortened_miniature_runs_end_to_end_with_finite_metrics(tmp_path, cap
     results = miniature.main(["--output_dir", str(out), "--train_images", "20", "--val_images", "6",
                               "--sft_steps", "40", "--grpo_steps", "2", "--seed", "1"])  # fmt: skip
     for arm in ("sft", "grpo"):
-        assert set(results[arm]) == set(miniature.TABLE_METRICS)
-        assert all(math.isfinite(v) for v in results[arm].values()), results[arm]
-        # The eval went through `samtok-rl eval`: one prediction per val expression.
+        assert set(results[arm]) == {*miniature.TABLE_METRICS, "exact by kind"}
+        assert all(math.isfinite(results[arm][k]) for k in miniature.TABLE_METRICS), results[arm]
+        # The eval went through `samtok-rl eval`: one prediction per val expression, each counted in one kind.
         lines = (out / f"eval_{arm}" / "predictions_val.jsonl").read_text().splitlines()
         assert len(lines) == 2 * 6
+        by_kind = results[arm]["exact by kind"]
+        assert sum(rows for _, rows in by_kind.values()) == 12
+        assert sum(right for right, _ in by_kind.values()) == round(results[arm]["exact codes"] * 12 / 100)
+    # The warm start's part holds no single-target row asking for a held-out type; the RL part keeps them.
+    train, sft, rl = (load_prepared(out / "prepared" / name) for name in ("train", "sft", "rl"))
+    held = {f"the {name}" for name in miniature.HELD_OUT}
+    n_sft = int(len(train) * 0.6)
+    dropped = sum(e in held for e in train["expression"][:n_sft])
+    assert dropped > 0 and len(sft) == n_sft - dropped and not held & set(sft["expression"])
+    assert rl["expression"] == train["expression"][n_sft:]
     # GRPO ran its steps on the warm start (with 40 SFT steps its groups may all tie, so the weights may not move) and
     # the printed table compares the two evaluations.
     logged = [json.loads(line) for line in (out / "grpo" / "metrics.jsonl").read_text().splitlines()]
@@ -81,4 +97,7 @@ def test_a_shortened_miniature_runs_end_to_end_with_finite_metrics(tmp_path, cap
     assert "SFT start" in table and "after GRPO" in table
     for key in miniature.TABLE_METRICS:
         assert key.replace("_", "-") in table
+    for kind in miniature.ROW_KINDS:
+        right, rows = results["grpo"]["exact by kind"][kind]
+        assert f"exact: {kind}" in table and f"{right}/{rows}" in table
     assert json.loads((out / "results.json").read_text())["grpo"] == results["grpo"]
