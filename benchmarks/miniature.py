@@ -43,10 +43,26 @@ def summary(per_seed: dict[int, dict]) -> str:
             cells.append(mean_sd([r[arm][key] for r in runs]))
             cells.append(mean_sd([r[arm][key] - r["sft"][key] for r in runs]))
         lines.append("| " + " | ".join(cells) + " |")
+    for kind in miniature.ROW_KINDS:  # exact codes per kind of expression, summed over the seeds
+        right, rows = (sum(r["sft"]["exact by kind"][kind][i] for r in runs) for i in (0, 1))
+        cells = [f"exact: {kind} (all seeds)", f"{right}/{rows}"]
+        for arm in arms:
+            after = sum(r[arm]["exact by kind"][kind][0] for r in runs)
+            cells += [f"{after}/{rows}", f"{after - right:+d}"]
+        lines.append("| " + " | ".join(cells) + " |")
     seconds = [r["seconds"] for r in runs]
     lines.append("")
     lines.append(f"seeds {sorted(per_seed)}; {runs[0]['val_rows']} val expressions each; one seed's whole run "
                  f"{min(seconds):.0f}-{max(seconds):.0f} s")  # fmt: skip
+    lines += ["", "Per seed (against the decoded GT codes):", ""]
+    head = ["seed", "gIoU: SFT start -> " + " / ".join(miniature.ARMS[a] for a in arms),
+            "exact codes: SFT start -> " + " / ".join(miniature.ARMS[a] for a in arms)]  # fmt: skip
+    lines += ["| " + " | ".join(head) + " |", "|---:|---|---|"]
+    for seed, r in per_seed.items():
+        cells = [str(seed)]
+        for key in ("gIoU (decoded GT)", "exact codes"):
+            cells.append(f"{r['sft'][key]:.1f} -> " + " / ".join(f"{r[a][key]:.1f}" for a in arms))
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
