@@ -38,7 +38,7 @@ test-vllm:
 demo: $(STAMP)
 	$(PY) -m samtok_rl.demo
 
-# The miniature (synthetic shapes, SFT warm start, GRPO, eval on val; about 8 minutes on 2 cores):
+# The miniature (synthetic shapes, SFT warm start, GRPO, eval on val; about 9 minutes on 2 cores):
 # prints "SFT start vs after GRPO". `make miniature ARGS="--seed 1"` passes flags on.
 miniature: $(STAMP)
 	$(PY) -m samtok_rl.miniature $(ARGS)

@@ -1,4 +1,4 @@
-"""A miniature of SAMTok's GRES RL: synthetic shapes, the tiny VLM, about 8 minutes on 2 CPU cores.
+"""A miniature of SAMTok's GRES RL: synthetic shapes, the tiny VLM, about 9 minutes on 2 CPU cores.
 
     make miniature                 # = python -m samtok_rl.miniature [--seed 0] [--dynamic_sampling] [--output_dir ...]
 
