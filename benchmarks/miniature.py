@@ -4,7 +4,8 @@
 
 Each seed is one `make miniature ARGS="--seed K --dynamic_sampling"` (new data, warm start and GRPO runs from that
 seed) in `<output_dir>/seed<K>`; a seed whose `results.json` is already there is read back, not run again. Prints the
-table of `benchmarks/README.md` and writes it, with every seed's numbers, to `benchmarks/results/miniature.json`.
+table of `benchmarks/README.md` and writes it, with every seed's numbers, to `benchmarks/results/miniature.json`, and
+the GRPO runs' mask reward per kind of training prompt to `benchmarks/results/miniature.png`.
 The spread is the sample standard deviation over the seeds.
 """
 
@@ -23,6 +24,8 @@ from samtok_rl import miniature  # noqa: E402
 
 
 RESULTS = Path(__file__).resolve().parent / "results" / "miniature.json"
+PLOT = RESULTS.with_suffix(".png")
+WINDOW = 10  # GRPO steps per plotted point: one step holds only 4 prompts, so a kind may be absent from it
 
 
 def mean_sd(values: list[float]) -> str:
@@ -66,14 +69,65 @@ def summary(per_seed: dict[int, dict]) -> str:
     return "\n".join(lines)
 
 
+def training_curves(folders: dict[int, Path], path: Path) -> Path | None:
+    """Plot the GRPO mask reward per kind of training prompt (held-out single, seen single, group, no target) over the
+    steps, one line per seed and arm, from each run's `rollouts.jsonl`; None when no seed folder holds its runs."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from samtok_rl.prepare import load_prepared
+    from samtok_rl.prompts import message_text
+
+    fig, axes = plt.subplots(1, len(miniature.ROW_KINDS), figsize=(14, 3.4), dpi=100, sharey=True)
+    drawn = False
+    colours = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple")
+    for colour, (seed, folder) in zip(colours, folders.items()):
+        if not (folder / "prepared" / "rl").is_dir():
+            continue
+        rl = load_prepared(folder / "prepared" / "rl")
+        kind_of = {
+            message_text(prompt): miniature._row_kind(expression, codes, miniature.HELD_OUT)
+            for prompt, expression, codes in zip(rl["prompt"], rl["expression"], rl["gt_codes"])
+        }
+        for arm, style in (("grpo", "-"), ("grpo_ds", "--")):
+            rollouts = folder / arm / "rollouts.jsonl"
+            if not rollouts.is_file():
+                continue
+            sums: dict[tuple[str, int], list[float]] = {}
+            for line in rollouts.read_text().splitlines():
+                record = json.loads(line)
+                key = (kind_of[record["prompt"]], (record["step"] - 1) // WINDOW)
+                sums.setdefault(key, []).append(record["rewards"]["gres_mask_reward"])
+            for ax, kind in zip(axes, miniature.ROW_KINDS):
+                points = sorted((w, statistics.mean(v)) for (k, w), v in sums.items() if k == kind)
+                ax.plot([(w + 0.5) * WINDOW for w, _ in points], [v for _, v in points], style, color=colour,
+                        marker="o", markersize=2.5, linewidth=1.2, label=f"seed {seed}, {miniature.ARMS[arm]}")  # fmt: skip
+                drawn = True
+    if not drawn:
+        plt.close(fig)
+        return None
+    for ax, kind in zip(axes, miniature.ROW_KINDS):
+        ax.set_title(f"training prompts: {kind}", fontsize=10)
+        ax.set_xlabel("GRPO step")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel(f"mask reward (mean over {WINDOW} steps)")
+    axes[-1].legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--output_dir", default="outputs/miniature_seeds")
     args = parser.parse_args()
-    per_seed = {}
+    per_seed, folders = {}, {}
     for seed in args.seeds:
-        folder = Path(args.output_dir) / f"seed{seed}"
+        folder = folders[seed] = Path(args.output_dir) / f"seed{seed}"
         done = folder / "results.json"
         if done.is_file():
             per_seed[seed] = json.loads(done.read_text())
@@ -85,6 +139,8 @@ def main() -> None:
     print(text)
     RESULTS.parent.mkdir(exist_ok=True)
     RESULTS.write_text(json.dumps({"table": text, "seeds": per_seed}, indent=1) + "\n")
+    if training_curves(folders, PLOT):
+        print(f"training curves: {PLOT}")
 
 
 if __name__ == "__main__":
