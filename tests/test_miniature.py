@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,6 +15,9 @@ from samtok_rl import miniature
 from samtok_rl.errors import UsageError
 from samtok_rl.masks import decode_rle
 from samtok_rl.prepare import load_prepared
+
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_the_synthetic_set_is_a_grefcoco_folder_with_exact_masks(tmp_path):
@@ -101,3 +106,17 @@ def test_a_shortened_miniature_runs_end_to_end_with_finite_metrics(tmp_path, cap
         right, rows = results["grpo"]["exact by kind"][kind]
         assert f"exact: {kind}" in table and f"{right}/{rows}" in table
     assert json.loads((out / "results.json").read_text())["grpo"] == results["grpo"]
+
+    # benchmarks/miniature.py reads the same run back: its table and its training curves.
+    spec = importlib.util.spec_from_file_location("bench_miniature", ROOT / "benchmarks" / "miniature.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    text = bench.summary({1: results})
+    before, rows = results["sft"]["exact by kind"]["held-out single"]
+    after = results["grpo"]["exact by kind"]["held-out single"][0]
+    assert f"| exact: held-out single (all seeds) | {before}/{rows} | {after}/{rows} |" in text
+    assert f"| 1 | {results['sft']['gIoU (decoded GT)']:.1f} -> {results['grpo']['gIoU (decoded GT)']:.1f} |" in text
+    png = bench.training_curves({1: out}, tmp_path / "curves.png")
+    assert png == tmp_path / "curves.png"
+    pixels = np.asarray(Image.open(png).convert("RGB"))
+    assert pixels.shape[1] > 1000 and len(np.unique(pixels.reshape(-1, 3), axis=0)) > 50  # drawn lines, not blank
