@@ -69,7 +69,7 @@ def summary(per_seed: dict[int, dict]) -> str:
     return "\n".join(lines)
 
 
-def training_curves(folders: dict[int, Path], path: Path) -> Path | None:
+def training_curves(folders: dict[int, Path], held_out: dict[int, list[str]], path: Path) -> Path | None:
     """Plot the GRPO mask reward per kind of training prompt (held-out single, seen single, group, no target) over the
     steps, one line per seed and arm, from each run's `rollouts.jsonl`; None when no seed folder holds its runs."""
     import matplotlib
@@ -88,7 +88,7 @@ def training_curves(folders: dict[int, Path], path: Path) -> Path | None:
             continue
         rl = load_prepared(folder / "prepared" / "rl")
         kind_of = {
-            message_text(prompt): miniature._row_kind(expression, codes, miniature.HELD_OUT)
+            message_text(prompt): miniature.row_kind(expression, codes, held_out[seed])
             for prompt, expression, codes in zip(rl["prompt"], rl["expression"], rl["gt_codes"])
         }
         for arm, style in (("grpo", "-"), ("grpo_ds", "--")):
@@ -139,7 +139,9 @@ def main() -> None:
     print(text)
     RESULTS.parent.mkdir(exist_ok=True)
     RESULTS.write_text(json.dumps({"table": text, "seeds": per_seed}, indent=1) + "\n")
-    if training_curves(folders, PLOT):
+    # results.json written before it recorded held_out come from runs with the default
+    held_out = {seed: r.get("held_out", list(miniature.HELD_OUT)) for seed, r in per_seed.items()}
+    if training_curves(folders, held_out, PLOT):
         print(f"training curves: {PLOT}")
 
 

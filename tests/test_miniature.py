@@ -116,7 +116,8 @@ def test_a_shortened_miniature_runs_end_to_end_with_finite_metrics(tmp_path, cap
     after = results["grpo"]["exact by kind"]["held-out single"][0]
     assert f"| exact: held-out single (all seeds) | {before}/{rows} | {after}/{rows} |" in text
     assert f"| 1 | {results['sft']['gIoU (decoded GT)']:.1f} -> {results['grpo']['gIoU (decoded GT)']:.1f} |" in text
-    png = bench.training_curves({1: out}, tmp_path / "curves.png")
+    assert results["held_out"] == list(miniature.HELD_OUT)
+    png = bench.training_curves({1: out}, {1: results["held_out"]}, tmp_path / "curves.png")
     assert png == tmp_path / "curves.png"
     pixels = np.asarray(Image.open(png).convert("RGB"))
     assert pixels.shape[1] > 1000 and len(np.unique(pixels.reshape(-1, 3), axis=0)) > 50  # drawn lines, not blank
