@@ -216,8 +216,8 @@ def build_data(config: MiniatureConfig, out: Path) -> Stage:
                                   progress=False)  # fmt: skip
     train = prepared["train"]
     n_sft = int(len(train) * config.sft_fraction)
-    held = {f"the {name}" for name in config.held_out}
-    sft_rows = [i for i in range(n_sft) if train[i]["expression"] not in held]
+    kinds = (row_kind(e, c, config.held_out) for e, c in zip(train["expression"][:n_sft], train["gt_codes"][:n_sft]))
+    sft_rows = [i for i, kind in enumerate(kinds) if kind != "held-out single"]
     write_prepared(train.select(sft_rows), out / "prepared" / "sft", "gres", {"tokenizer": "micro"})
     write_prepared(train.select(range(n_sft, len(train))), out / "prepared" / "rl", "gres", {"tokenizer": "micro"})
 
@@ -282,9 +282,10 @@ def _policy_scores(predictions: Path, stage: Stage) -> dict:
         size = tuple(record["size"])
         preds.append(union_masks((decode_rle(r) for r in record["masks"]), size))
         gts.append(stage.decoded_gt[record["id"]])
-        right = {tuple(c) for c in record["codes"]} == {tuple(c) for c in stage.gt_codes[record["id"]]}
+        gt_codes = stage.gt_codes[record["id"]]
+        right = {tuple(c) for c in record["codes"]} == {tuple(c) for c in gt_codes}
         exact += right
-        counts = by_kind[row_kind(record["expression"], stage.gt_codes[record["id"]], stage.held_out)]
+        counts = by_kind[row_kind(record["expression"], gt_codes, stage.held_out)]
         counts[0] += right
         counts[1] += 1
     metrics = gres_metrics(preds, gts)

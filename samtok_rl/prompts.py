@@ -56,8 +56,8 @@ def message_text(messages) -> str | None:
     """The text of a TRL prompt or completion: a string, or a conversational list of messages (contents concatenated).
 
     Message contents may be strings or lists of `{"type": "text", "text": ...}` blocks. Anything else gives `None`,
-    which the rewards score as a missing response
-    (`rewards._text.completion_text` is this function) and `asks_to_think` as a prompt that does not ask.
+    which the rewards score as a missing response (`rewards._text.completion_text` is this function) and
+    `asks_to_think` as a prompt that does not ask.
 
     Example:
     >>> message_text([{"role": "assistant", "content": "<answer>No target.</answer>"}])
