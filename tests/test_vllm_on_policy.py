@@ -9,6 +9,7 @@ vLLM's can be compared tightly. Each check has a negative control that shows it 
 from __future__ import annotations
 
 import os
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -38,13 +39,29 @@ SIZES = [(30, 30), (100, 60), (150, 220), (400, 300)]
 # size, colocate and server; an off-policy prompt or stale weights move sampled-token logprobs by 0.1 or more here.
 LOGP_TOL = 1e-4
 # vLLM-CPU picks its linear kernels by CPU (oneDNN, zentorch on Zen, the sgl kernel on AMX, else torch's linear).
-# SAMTOK_VLLM_CPU_GEMM=fallback forces torch's linear, so one machine covers both a repacking and a plain path.
+# SAMTOK_VLLM_CPU_GEMM=fallback forces torch's linear, so one machine covers both a repacking and a plain path;
+# SAMTOK_VLLM_CPU_GEMM=sgl (with a bf16 engine) forces the sgl kernel that AMX CPUs get, which also keeps the linear
+# biases in fp32.
 FORCE_FALLBACK = os.environ.get("SAMTOK_VLLM_CPU_GEMM") == "fallback"
+FORCE_SGL = os.environ.get("SAMTOK_VLLM_CPU_GEMM") == "sgl"
 # Which kernels run also depends on the dtype: on an AVX-512-BF16 CPU, oneDNN repacks bf16 linear weights (and leaves
 # empty `weight`s behind) but not fp32 ones. SAMTOK_VLLM_DTYPE=bfloat16 runs the sync tests on a bf16 engine; the
 # logprob comparisons need fp32 on both sides and are skipped there.
 ENGINE_DTYPE = os.environ.get("SAMTOK_VLLM_DTYPE", "float32")
 fp32_only = pytest.mark.skipif(ENGINE_DTYPE != "float32", reason="logprob comparisons need an fp32 engine")
+
+if FORCE_SGL:
+    import vllm._custom_ops  # noqa: E402, F401  (loads this CPU's vLLM kernel library into torch.ops._C)
+
+    # The sgl ops are built into `vllm._C` only, the library vLLM loads on AVX-512-BF16 CPUs (`import_kernels`,
+    # `vllm/platforms/cpu.py`); `_C_AVX512` and `_C_AVX2` lack them. Checked on an AVX-512-BF16 CPU without AMX:
+    # the kernel runs there and gives F.linear's result (to bf16 rounding), its identity read the exact weight.
+    if not hasattr(torch.ops._C, "weight_packed_linear"):
+        pytest.skip("vLLM's sgl kernel (torch.ops._C.weight_packed_linear) is only built for AVX-512-BF16 CPUs; "
+                    "this CPU loaded a vLLM kernel library without it", allow_module_level=True)  # fmt: skip
+    if ENGINE_DTYPE != "bfloat16":
+        pytest.skip("vLLM sends only bf16 linear layers to the sgl kernel here (fp16 also needs AMX-FP16): set "
+                    "SAMTOK_VLLM_DTYPE=bfloat16", allow_module_level=True)  # fmt: skip
 
 
 def make_image(width: int, height: int, seed: int = 0) -> Image.Image:
@@ -85,11 +102,31 @@ def policy_dir():
     return str(build_tiny_vlm("qwen2_5_vl"))
 
 
+def force_sgl_kernel():
+    """Let vLLM choose its sgl kernel as on an AMX CPU, in this process (where the colocated engine loads the model).
+
+    `dispatch_cpu_unquantized_gemm` takes the sgl path when `check_cpu_sgl_kernel` holds, whose first condition is
+    `torch.cpu._is_amx_tile_supported()` (`vllm/model_executor/layers/utils.py`). Only that call is told yes, so its
+    dtype and size rules still apply and the attention backend keeps this CPU's kernels.
+    """
+    from vllm.model_executor.layers import utils
+
+    check = utils.check_cpu_sgl_kernel
+
+    def as_on_amx(n: int, k: int, dtype: torch.dtype) -> bool:
+        with mock.patch.object(torch.cpu, "_is_amx_tile_supported", return_value=True):
+            return check(n, k, dtype)
+
+    utils.check_cpu_sgl_kernel = as_on_amx
+
+
 def start_engine(policy_dir, model):
     if FORCE_FALLBACK:
         import vllm._custom_ops as ops
 
         ops._supports_onednn = False  # read when each layer is dispatched after loading
+    if FORCE_SGL:
+        force_sgl_kernel()
     processor = load_processor(policy_dir)
     generation = OnPolicyVLLMGeneration(
         model=model, accelerator=Accelerator(cpu=True), processing_class=processor, mode="colocate",
@@ -178,13 +215,20 @@ def expected_vllm_weights(policy, vllm_model) -> dict[str, torch.Tensor]:
 
 
 def assert_vllm_equals_policy(generation, policy):
+    """Every vLLM weight equals the policy's in the precision the engine computes with.
+
+    Each policy tensor is rounded to the dtype of vLLM's own parameter (for a linear weight, of its kernel's output):
+    a bf16 engine keeps bf16 weights, but the sgl kernel keeps fp32 biases (`dispatch_cpu_unquantized_gemm` casts
+    them, `vllm/model_executor/layers/utils.py`) and the reload writes the policy's fp32 bias into them unrounded.
+    The tolerance stays far below a training step's change, so a stale or missing weight fails.
+    """
     vllm_model = generation.llm.llm_engine.model_executor.driver_worker.model_runner.model
     got, want = vllm_effective_weights(vllm_model), expected_vllm_weights(policy, vllm_model)
     assert set(got) == set(want), (sorted(set(got) ^ set(want)))[:5]
     for name, tensor in want.items():
-        have = got[name][: tensor.shape[0]].float()  # vLLM pads the vocabulary rows
-        want_ = tensor.to(have.dtype if ENGINE_DTYPE == "float32" else getattr(torch, ENGINE_DTYPE)).float()
-        torch.testing.assert_close(have, want_, atol=1e-5, rtol=1e-5, msg=lambda m, n=name: f"{n}: {m}")
+        have = got[name][: tensor.shape[0]]  # vLLM pads the vocabulary rows
+        torch.testing.assert_close(have.float(), tensor.to(have.dtype).float(), atol=1e-5, rtol=1e-5,
+                                   msg=lambda m, n=name: f"{n}: {m}")  # fmt: skip
 
 
 def perturb_(params, generator, scale=0.05):
@@ -229,6 +273,25 @@ def test_generation_follows_the_synced_weights(engine):
     vllm_lp = torch.tensor([lp[0] for lp in logprobs[0]])
     assert (vllm_lp - trainer_logprobs(policy, batch, list(completions[0]))).abs().max() < LOGP_TOL
     assert (vllm_lp - trainer_logprobs(before, batch, list(completions[0]))).abs().max() > 0.1
+
+
+def test_weight_left_out_of_a_sync_is_caught(engine, monkeypatch):
+    """Negative control for the comparison: one weight the sync leaves out keeps its old value, and that fails."""
+    generation, _, policy = engine
+    left_out = "model.language_model.layers.1.self_attn.o_proj.weight"
+    walk = generation._iter_named_params
+
+    def without_one():
+        yield from ((name, param) for name, param in walk() if name != left_out)
+
+    perturb_([p for p in policy.parameters() if p.requires_grad], torch.Generator().manual_seed(1))
+    monkeypatch.setattr(generation, "_iter_named_params", without_one)
+    generation.sync_weights()
+    with pytest.raises(AssertionError, match=r"layers\.1\.self_attn\.o_proj\.weight"):
+        assert_vllm_equals_policy(generation, policy)
+    monkeypatch.undo()
+    generation.sync_weights()  # the next tests share the engine
+    assert_vllm_equals_policy(generation, policy)
 
 
 def test_refused_weight_stops_with_its_name(engine, monkeypatch):
