@@ -51,6 +51,13 @@ TRL_VERSION = "1.16.0"
 # hands a name to vLLM (`VLLMGeneration._fix_param_name_to_vllm` and the PEFT branches of `_iter_named_params`).
 _WRAPPER_PARTS = ("_checkpoint_wrapped_module.", "_fsdp_wrapped_module.", "modules_to_save.default.", "base_layer.")
 
+# Hugging Face projections that vLLM stacks into one layer (`qkv_proj`, `gate_up_proj`: the `packed_modules_mapping`
+# of its Qwen2, Qwen2.5-VL and Qwen3-VL models). On CPU a sync is vLLM's layer-wise reload
+# (`vllm/model_executor/model_loader/reload/layerwise.py`), which rebuilds a layer from the tensors it receives: a
+# fused layer sent only some of its parts keeps uninitialised memory in the others' rows, and is processed only after
+# the walk, when TRL has unmerged the LoRA adapters from the parts it did receive. A sync sends each group whole.
+FUSED_MODULES = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
+
 
 class OffPolicyError(UsageError):
     """vLLM generated from another prompt than the one the trainer scores, or from weights it refused."""
@@ -116,7 +123,8 @@ def synced_module_prefixes(model: torch.nn.Module) -> set[str]:
     """Names (as TRL sends them to vLLM) of the modules that own a trainable parameter.
 
     A LoRA adapter counts for the layer it wraps (TRL merges it and sends the layer's base weight), and a
-    `modules_to_save` copy for the module it replaces.
+    `modules_to_save` copy for the module it replaces. A module that vLLM fuses with others (`FUSED_MODULES`) brings
+    its siblings along (LoRA on `q_proj` also sends `k_proj` and `v_proj`), so vLLM rebuilds the fused layer whole.
     """
     prefixes = set()
     for name, param in model.named_parameters():
@@ -127,6 +135,11 @@ def synced_module_prefixes(model: torch.nn.Module) -> set[str]:
             name = name.replace(part, "")
         module = name.rsplit(".", 1)[0]
         prefixes.add(module.split(".lora_", 1)[0])
+    for module in list(prefixes):
+        parent, _, leaf = module.rpartition(".")
+        for group in FUSED_MODULES:
+            if leaf in group:
+                prefixes.update(f"{parent}.{sibling}" if parent else sibling for sibling in group)
     return prefixes
 
 

@@ -8,6 +8,7 @@ vLLM's can be compared tightly. Each check has a negative control that shows it 
 
 from __future__ import annotations
 
+import copy
 import os
 from unittest import mock
 
@@ -255,6 +256,37 @@ def test_sync_makes_vllm_weights_equal_the_policy(engine):
     frozen = sum(p.numel() * p.element_size() for p in policy.model.visual.parameters())
     assert second == first - frozen
     assert_vllm_equals_policy(generation, policy)  # frozen weights included: vLLM kept them from the checkpoint
+
+
+def merged_copy(peft_model):
+    """The policy a LoRA run trains, as one plain model: a copy with the adapters merged into the base weights."""
+    return copy.deepcopy(peft_model).merge_and_unload()
+
+
+def test_partial_lora_sync_keeps_fused_layers_whole(engine, monkeypatch):
+    """LoRA on q_proj and v_proj only: after a later (partial) sync, vLLM's fused qkv_proj still holds the merged
+    q and v and the untouched k. vLLM's layer-wise reload rebuilds a fused layer from the parts it receives."""
+    from peft import LoraConfig, get_peft_model
+
+    generation, _, policy = engine
+    lora = get_peft_model(copy.deepcopy(policy), LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    adapters = [p for p in lora.parameters() if p.requires_grad]
+    monkeypatch.setattr(generation, "model", lora)  # a LoRA run on the same checkpoint, from its first sync
+    monkeypatch.setattr(generation, "_sync_prefixes", None)
+    g = torch.Generator().manual_seed(2)
+
+    perturb_(adapters, g, scale=0.1)
+    generation.sync_weights()  # the first sync sends everything
+    assert_vllm_equals_policy(generation, merged_copy(lora))
+
+    perturb_(adapters, g, scale=0.1)
+    generation.sync_weights()  # later syncs: the LoRA-wrapped layers (and what vLLM fuses them with)
+    assert_vllm_equals_policy(generation, merged_copy(lora))
+
+    monkeypatch.undo()
+    generation._sync_prefixes = None  # the next tests share the engine: the plain policy back, whole
+    generation.sync_weights()
+    assert_vllm_equals_policy(generation, policy)
 
 
 @fp32_only

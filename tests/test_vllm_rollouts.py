@@ -29,9 +29,29 @@ def test_lora_syncs_the_wrapped_layers_under_the_names_trl_sends():
     peft_model = get_peft_model(model, LoraConfig(r=4, target_modules=r".*language_model.*\.(q_proj|v_proj)"))
     prefixes = synced_module_prefixes(peft_model)
     layers = len(model.model.language_model.layers)
+    # k_proj too: vLLM stacks it with q_proj and v_proj into one layer, which a sync must send whole.
     assert prefixes == {
-        f"model.language_model.layers.{i}.self_attn.{proj}" for i in range(layers) for proj in ("q_proj", "v_proj")
+        f"model.language_model.layers.{i}.self_attn.{proj}"
+        for i in range(layers)
+        for proj in ("q_proj", "k_proj", "v_proj")
     }
+
+
+def test_a_fused_module_brings_the_rest_of_its_vllm_layer():
+    """vLLM stacks q/k/v into `qkv_proj` and gate/up into `gate_up_proj` and rebuilds such a layer from the parts a
+    sync sends: one trainable part sends its whole group, in the language model and the vision tower alike."""
+    model, _ = load_tiny_vlm("qwen2_5_vl")
+    model.requires_grad_(False)
+    text, vision = "model.language_model.layers.1", "model.visual.blocks.0"
+    for name in ("self_attn.k_proj", "self_attn.o_proj", "mlp.up_proj"):
+        model.get_submodule(f"{text}.{name}").requires_grad_(True)
+    model.get_submodule(f"{vision}.mlp.gate_proj").requires_grad_(True)
+    assert synced_module_prefixes(model) == {
+        f"{text}.self_attn.q_proj", f"{text}.self_attn.k_proj", f"{text}.self_attn.v_proj",
+        f"{text}.self_attn.o_proj",  # not fused: alone
+        f"{text}.mlp.gate_proj", f"{text}.mlp.up_proj",
+        f"{vision}.mlp.gate_proj", f"{vision}.mlp.up_proj",
+    }  # fmt: skip
 
 
 def test_engine_gets_the_trainers_dtype_and_pixel_limits():
