@@ -80,6 +80,36 @@ def sharded_launch(training_args) -> str | None:
     return None
 
 
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "false").lower() == "true"
+
+
+def check_cpu_launch() -> None:
+    """`accelerate launch --cpu --num_processes N` starts one process whatever N is (accelerate 1.15 sends `--cpu` to
+    its single-process launcher, which only sets MASTER_ADDR for N > 1): say so instead of training alone silently."""
+    single_process_launcher = "MASTER_ADDR" in os.environ and "WORLD_SIZE" not in os.environ
+    if _env_flag("ACCELERATE_USE_CPU") and single_process_launcher:
+        logger.warning(
+            "accelerate launch --cpu runs ONE process whatever --num_processes says; for several CPU processes "
+            "launch with --config_file recipes/accelerate/multi_gpu.yaml --num_processes N and pass --use_cpu"
+        )
+
+
+def check_launch_took_effect(accelerator) -> None:
+    """A launch config that asks for FSDP must get FSDP: refuse before training otherwise.
+
+    accelerate 1.15 enables FSDP only on GPU-type backends (`accelerate/state.py`: its FSDP branch sits under
+    MULTI_GPU / MULTI_XPU / ..., MULTI_CPU is left out), so on CPU `fsdp2.yaml` would train as plain DDP, saying
+    nothing. (DeepSpeed's ZeRO configs do run on CPU, through DeepSpeed's CPU accelerator.)
+    """
+    got = accelerator.distributed_type
+    if _env_flag("ACCELERATE_USE_FSDP") and got.value != "FSDP":
+        raise UsageError(
+            f"the launch config asks for FSDP (ACCELERATE_USE_FSDP) but accelerate set up {got.value}: accelerate "
+            "enables FSDP only on GPUs; on CPU use recipes/accelerate/multi_gpu.yaml (DDP) with --use_cpu"
+        )
+
+
 def check_add_mask_tokens(script_args, training_args) -> None:
     """`add_mask_tokens` resizes and saves the model from one process: refuse it where that cannot work."""
     if not script_args.add_mask_tokens:
@@ -236,6 +266,7 @@ def check_dynamic_sampling(script_args, training_args) -> None:
 def check_recipe(script_args, training_args, model_args) -> None:
     """The recipe-level rules that need neither the data nor the model weights."""
     check_model_source(model_args.model_name_or_path)
+    check_cpu_launch()
     check_mask_tokenizer_files(script_args.mask_tokenizer)
     if model_args.use_peft and training_args.beta > 0 and training_args.sync_ref_model:
         raise UsageError("sync_ref_model does not work with PEFT")

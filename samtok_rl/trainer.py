@@ -1,6 +1,6 @@
 """`SamtokGRPOTrainer`: TRL's `GRPOTrainer` with on-policy vLLM rollouts and a resume that restores the weights.
 
-The one thin subclass of TRL's trainer in samtok-rl. It overrides seven methods, all pinned to the TRL release in
+The one thin subclass of TRL's trainer in samtok-rl. It overrides eight methods, all pinned to the TRL release in
 `samtok_rl.vllm_rollouts.TRL_VERSION` by `tests/test_trl_pins.py`:
 
 - `__init__`: with `use_vllm`, TRL's `VLLMGeneration` is replaced by [`OnPolicyVLLMGeneration`] for the duration of
@@ -8,6 +8,7 @@ The one thin subclass of TRL's trainer in samtok-rl. It overrides seven methods,
 - `_get_train_sampler`: TRL's `RepeatSampler` with `set_epoch`, so a run resumed in a later epoch draws the same prompt
   order as the uninterrupted run (see [`EpochRepeatSampler`]).
 - `_load_from_checkpoint`: full-model checkpoints are reloaded through `from_pretrained` (see below).
+- `_load_optimizer_and_scheduler`: with several CPU processes the optimizer state is restored to the CPU.
 - `log`: also appends the logged step's rollouts to `<output_dir>/rollouts.jsonl` (`samtok_rl.rollouts`).
 - `_generate_single_turn`: completions are cut before a sampled vision placeholder token (`samtok_rl.completions`).
 - `_calculate_rewards` (records the gathered rewards) and `_generate_and_score_completions` (more rounds, then the
@@ -29,6 +30,7 @@ from peft import PeftModel
 from trl import GRPOTrainer
 from trl.trainer.utils import RepeatSampler, split_pixel_values_by_grid, unsplit_pixel_values_by_grid
 
+from samtok_rl.checks import check_launch_took_effect
 from samtok_rl.completions import cut_at_placeholders
 from samtok_rl.dynamic_sampling import DynamicSampling, group_reward_std, merge_rounds, refill_indices, select_groups
 from samtok_rl.rollouts import append_rollouts, rollout_records
@@ -37,6 +39,15 @@ from samtok_rl.vllm_rollouts import OnPolicyVLLMGeneration, engine_kwargs_for
 
 
 logger = logging.getLogger(__name__)
+
+
+_torch_load = torch.load
+
+
+def _load_on_cpu(*args, **kwargs):
+    """`torch.load` with every storage restored to the CPU, whatever location the caller asked for."""
+    kwargs["map_location"] = "cpu"
+    return _torch_load(*args, **kwargs)
 
 
 class EpochRepeatSampler(RepeatSampler):
@@ -87,6 +98,7 @@ class SamtokGRPOTrainer(GRPOTrainer):
             # the call keeps all of TRL's set-up rather than copying it.
             with mock.patch.object(trl_grpo, "VLLMGeneration", generation):
                 super().__init__(model, *args, **kwargs)
+        check_launch_took_effect(self.accelerator)
         use_compact_logs(self)
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
@@ -195,6 +207,15 @@ class SamtokGRPOTrainer(GRPOTrainer):
             shuffle=stock.shuffle,
             seed=stock.seed,
         )
+
+    def _load_optimizer_and_scheduler(self, checkpoint):
+        # transformers 5.17 loads the optimizer state with `map_location=args.device` when `world_size > 1`; with
+        # several CPU processes that is `torch.device("cpu", rank)`, a location torch cannot restore a storage to
+        # ("don't know how to restore data location ... (tagged with cpu:0)"). Every CPU rank's state belongs in "cpu".
+        if self.args.world_size > 1 and self.args.device.type == "cpu":
+            with mock.patch.object(torch, "load", _load_on_cpu):
+                return super()._load_optimizer_and_scheduler(checkpoint)
+        return super()._load_optimizer_and_scheduler(checkpoint)
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
         """Reload full-model checkpoints through `from_pretrained`.

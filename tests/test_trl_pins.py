@@ -28,6 +28,7 @@ PINNED = {
     VLLMGeneration.generate: "2d2ac2be5b1309c4",
     VLLMGeneration._place_features: "5150ee5f57eb83d0",
     VLLMGeneration._iter_named_params: "baab615d5c7bc3e1",
+    VLLMGeneration._iter_fsdp2_params: "6d41acd02236f368",  # walks `module.named_parameters()`, which the sync narrows
     VLLMGeneration.sync_weights: "63d669fb32304ff5",
     GRPOTrainer.__init__: "18f01b7a46c9544b",  # builds `VLLMGeneration(...)` by its module-level name
     GRPOTrainer._get_train_sampler: "36497afb4d311dc9",
@@ -35,6 +36,8 @@ PINNED = {
     RepeatSampler.__init__: "7898b11a3b9e9e07",  # EpochRepeatSampler replays its generator
     RepeatSampler.__iter__: "d80412d80424bd64",
     Trainer._load_from_checkpoint: "4711d0506786db15",
+    # Loads the optimizer state with map_location=args.device for world_size > 1 (`cpu:<rank>` on CPU processes).
+    Trainer._load_optimizer_and_scheduler: "bdcb956f06c459ab",
     # Dynamic sampling: the gathered rewards it reads, the output dict it merges (keys, padding sides), the buffering
     # that splits the merged batch, and the per-sample pixel split it relies on.
     GRPOTrainer._generate_single_turn: "e0f02e4fc094cefd",  # returns the completion ids the vision-token cut edits
@@ -60,6 +63,10 @@ def test_overridden_upstream_method_is_unchanged(method):
 def test_the_hooks_the_overrides_rely_on_are_there():
     # The trainer swaps the name TRL's __init__ calls; the generation class binds extra arguments to `LLM(`.
     assert "VLLMGeneration(" in inspect.getsource(GRPOTrainer.__init__)
+    # The sync walk is narrowed through the model's parameter listing, and PEFT merges into the base weights in place.
+    walk = inspect.getsource(VLLMGeneration._iter_named_params)
+    assert "model.named_parameters()" in walk and "list(model.parameters())" in walk and "merge_adapter()" in walk
+    assert "torch.load(" in inspect.getsource(Trainer._load_optimizer_and_scheduler)
     assert "self.llm = LLM(" in inspect.getsource(VLLMGeneration._init_vllm)
     # TRL 1.16 still feeds vLLM the processor-expanded ids (huggingface/trl#6294): the collapse is still needed.
     assert '"prompt_token_ids": ids' in inspect.getsource(VLLMGeneration.generate)
