@@ -31,6 +31,7 @@ overrides are revisited (and dropped once TRL ships the fix).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 from collections.abc import Iterable, Iterator, Sequence
@@ -119,6 +120,81 @@ def first_mismatch(expected: Sequence[Sequence[int]], got: Sequence[Sequence[int
     return None
 
 
+def vllm_module_name(param_name: str) -> str:
+    """The module a parameter belongs to, named as TRL names it for vLLM (PEFT and FSDP wrappers removed; a LoRA
+    adapter counts for the layer it wraps, a `modules_to_save` copy for the module it replaces).
+
+    Example:
+    >>> vllm_module_name("base_model.model.model.language_model.layers.0.self_attn.q_proj.lora_A.default.weight")
+    'model.language_model.layers.0.self_attn.q_proj'
+    >>> vllm_module_name("model.language_model.layers.0.mlp.base_layer.bias")
+    'model.language_model.layers.0.mlp'
+    """
+    name = param_name.removeprefix("base_model.model.")
+    for part in _WRAPPER_PARTS:
+        name = name.replace(part, "")
+    return name.rsplit(".", 1)[0].split(".lora_", 1)[0]
+
+
+@contextlib.contextmanager
+def parameters_narrowed_to(model: torch.nn.Module, modules: set[str] | None) -> Iterator[None]:
+    """Within the block, `model.named_parameters()` and `model.parameters()` list only the parameters of `modules`
+    (names as [`vllm_module_name`] gives them); `None` leaves the model as it is.
+
+    Example:
+    >>> net = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 2))
+    >>> with parameters_narrowed_to(net, {"1"}):
+    ...     [name for name, _ in net.named_parameters()], len(list(net.parameters()))
+    (['1.weight', '1.bias'], 2)
+    >>> len(list(net.parameters()))
+    4
+    """
+    if modules is None:
+        yield
+        return
+    named_parameters = model.named_parameters
+
+    def narrowed(*args, **kwargs):
+        return ((n, p) for n, p in named_parameters(*args, **kwargs) if vllm_module_name(n) in modules)
+
+    # Instance attributes shadow the methods for whoever walks this model (TRL's walk) and are removed afterwards.
+    model.named_parameters = narrowed
+    model.parameters = lambda *args, **kwargs: (p for _, p in narrowed(*args, **kwargs))
+    try:
+        yield
+    finally:
+        del model.named_parameters, model.parameters
+
+
+@contextlib.contextmanager
+def base_weights_restored(model: torch.nn.Module) -> Iterator[None]:
+    """The LoRA-wrapped base weights after the block are bit for bit those before it.
+
+    TRL's sync merges the adapters into the base weights in place and unmerges them after (every optimizer step), and
+    `W + BA - BA` is not `W` in floating point: in bf16 a third of the elements move by up to one bf16 step per sync,
+    and the moves compound as the adapters train (huggingface/trl#6688), silently changing the frozen base model, and
+    with it the reference model of the KL (the adapter disabled). The base weights are copied before and put back.
+    No-op for a model without PEFT adapters.
+
+    Example:
+    >>> from peft import LoraConfig, get_peft_model
+    >>> net = get_peft_model(torch.nn.Sequential(torch.nn.Linear(8, 8)).bfloat16(), LoraConfig(target_modules=["0"]))
+    >>> _ = torch.nn.init.normal_(net.base_model.model[0].lora_B.default.weight)
+    >>> before = net.base_model.model[0].base_layer.weight.clone()
+    >>> with base_weights_restored(net):
+    ...     net.merge_adapter(); net.unmerge_adapter()
+    >>> torch.equal(net.base_model.model[0].base_layer.weight, before)
+    True
+    """
+    saved = [(p, p.detach().clone()) for n, p in model.named_parameters() if ".base_layer." in n]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for param, value in saved:
+                param.copy_(value)
+
+
 def synced_module_prefixes(model: torch.nn.Module) -> set[str]:
     """Names (as TRL sends them to vLLM) of the modules that own a trainable parameter.
 
@@ -204,12 +280,20 @@ class OnPolicyVLLMGeneration(VLLMGeneration):
 
     # -- weight sync -------------------------------------------------------------------------------------------------
     def _iter_named_params(self):
-        """TRL's parameter walk (gathers included on every process), keeping only what changed since the last sync."""
+        """TRL's parameter walk (gathers included, on every process) over the modules that changed since the last sync.
+
+        TRL gathers each parameter before it yields it (ZeRO-3 `GatheredParameters`, FSDP2 `full_tensor()`; with
+        PEFT under ZeRO-3 the whole model at once, to merge the adapters), so dropping frozen names from what it
+        yields would still gather the frozen vision tower at every sync (0.67 B of the 3B's parameters). The walk is
+        handed the model with its parameter listing narrowed to the synced modules instead.
+        """
         sent = 0
         # Sleep level 2 discards vLLM's weights between generations, frozen ones included: then every sync is full.
         keep = None if self.enable_sleep_mode else self._sync_prefixes
-        for name, param in super()._iter_named_params():
-            if keep is None or name.rsplit(".", 1)[0] in keep:
+        # ZeRO-3 merges into gathered copies that are discarded on release; elsewhere the merge is in place.
+        exact = contextlib.nullcontext() if self._dist.is_zero3 else base_weights_restored(self.model)
+        with parameters_narrowed_to(self.model, keep), exact:
+            for name, param in super()._iter_named_params():
                 sent += param.numel() * param.element_size()
                 yield name, param
         self.last_sync_bytes = sent
