@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-slow test-vllm demo miniature bench gpu-check sample style quality clean
+.PHONY: install test test-slow test-vllm test-dist demo miniature bench gpu-check sample style quality clean
 
 $(STAMP): pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
@@ -36,6 +36,13 @@ test-vllm:
 	SAMTOK_VLLM_DTYPE=bfloat16 .venv-vllm/bin/python -m pytest -q -rP -m vllm tests/test_vllm_on_policy.py
 	SAMTOK_VLLM_CPU_GEMM=fallback .venv-vllm/bin/python -m pytest -q -m vllm tests/test_vllm_on_policy.py
 	SAMTOK_VLLM_DTYPE=bfloat16 SAMTOK_VLLM_CPU_GEMM=sgl .venv-vllm/bin/python -m pytest -q -rP -m vllm tests/test_vllm_on_policy.py
+
+# Every launch config in recipes/accelerate/ trained with 2 CPU processes (gloo), full fine-tune and LoRA, each case
+# printing its row of the table in benchmarks/README.md (about 10 minutes on 2 cores). DeepSpeed comes from the
+# `deepspeed` extra; its first launch compiles a shared-memory op (about 90 s, cached in ~/.cache/torch_extensions).
+test-dist: $(STAMP)
+	$(PIP) install -q -c constraints.txt -e '.[test,deepspeed]'
+	$(PY) -m pytest -q -rP -m dist tests/test_dist.py
 
 demo: $(STAMP)
 	$(PY) -m samtok_rl.demo
