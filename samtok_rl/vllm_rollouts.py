@@ -20,9 +20,11 @@ TRL 1.16's `VLLMGeneration` has three gaps for Qwen-VL policies, all closed here
    checkpoint layout, loads, and reruns the post-load repacking. The CUDA path keeps TRL's `load_weights`.
 
 It also syncs only what trains: the first sync sends every weight (so an engine started from dummy weights is
-right), later ones only the parameters of modules with trainable parameters (the frozen vision tower stays as vLLM
-loaded it from the same checkpoint); with sleep mode, which discards vLLM's weights, every sync stays full. A weight
-the engine refuses stops training with a one-line error naming it.
+right), later ones only the parameters of modules with trainable parameters and of the modules vLLM fuses with them
+(the frozen vision tower stays as vLLM loaded it from the same checkpoint); with sleep mode, which discards vLLM's
+weights, every sync stays full. Under ZeRO-3 / FSDP2 the frozen modules are not even gathered: TRL's walk is handed the
+model with its parameter listing narrowed to the synced modules. LoRA base weights are put back bit for bit after
+TRL's merge / unmerge. A weight the engine refuses stops training with a one-line error naming it.
 
 The overridden TRL methods (`VLLMGeneration._init_vllm`, `generate`, `_place_features`, `_iter_named_params`,
 `sync_weights`) were written against `TRL_VERSION`; `tests/test_trl_pins.py` fails when TRL changes them, so the
@@ -202,15 +204,7 @@ def synced_module_prefixes(model: torch.nn.Module) -> set[str]:
     `modules_to_save` copy for the module it replaces. A module that vLLM fuses with others (`FUSED_MODULES`) brings
     its siblings along (LoRA on `q_proj` also sends `k_proj` and `v_proj`), so vLLM rebuilds the fused layer whole.
     """
-    prefixes = set()
-    for name, param in model.named_parameters():
-        if not param.requires_grad:
-            continue
-        name = name.removeprefix("base_model.model.")
-        for part in _WRAPPER_PARTS:
-            name = name.replace(part, "")
-        module = name.rsplit(".", 1)[0]
-        prefixes.add(module.split(".lora_", 1)[0])
+    prefixes = {vllm_module_name(name) for name, param in model.named_parameters() if param.requires_grad}
     for module in list(prefixes):
         parent, _, leaf = module.rpartition(".")
         for group in FUSED_MODULES:

@@ -84,3 +84,32 @@ def test_later_syncs_skip_the_frozen_tower_unless_sleep_mode_dropped_it():
     assert sent == {n for n in everything if not n.startswith("model.visual.")}
     # Sleep level 2 frees vLLM's weights after every generation: each sync must bring the frozen ones back too.
     assert {n for n, _ in _walker(model, enable_sleep_mode=True)._iter_named_params()} == everything
+
+
+def test_lora_merge_unmerge_leaves_the_base_weights_exact():
+    """TRL merges the adapters into the base weights and unmerges them at every sync; in bf16 that moves them."""
+    from samtok_rl.vllm_rollouts import base_weights_restored
+
+    model, _ = load_tiny_vlm("qwen2_5_vl")
+    peft_model = get_peft_model(
+        model.bfloat16(), LoraConfig(r=4, target_modules=r".*language_model.*\.(q_proj|v_proj)")
+    )
+    g = torch.Generator().manual_seed(0)
+    for name, param in peft_model.named_parameters():
+        if "lora_B" in name:  # a trained adapter (PEFT starts B at zero, which merges exactly)
+            param.data = (torch.randn(param.shape, generator=g) * 0.05).bfloat16()
+
+    def base():
+        return {n: p.detach().clone() for n, p in peft_model.named_parameters() if ".base_layer." in n}
+
+    before = base()
+    peft_model.merge_adapter()
+    peft_model.unmerge_adapter()
+    drifted = base()
+    assert any(not torch.equal(drifted[n], before[n]) for n in before)  # the failure the restore prevents
+
+    with base_weights_restored(peft_model):
+        peft_model.merge_adapter()
+        peft_model.unmerge_adapter()
+    after = base()
+    assert all(torch.equal(after[n], drifted[n]) for n in before)
