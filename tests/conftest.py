@@ -10,6 +10,9 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+# With DeepSpeed installed (`make test-dist`), importing it auto-detects its accelerator and, finding no GPU, prints a
+# warning to stdout, where doctests read it as output. The tests run on CPU anyway: name its CPU accelerator.
+os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
 # Reference outputs of the original SAMTok mask tokenizer on a micro architecture ("golden A"): $SAMTOK_GOLDEN_DIR
 # (the golden root or the A folder itself), else ../shared/golden beside the repository.
