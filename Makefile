@@ -38,7 +38,7 @@ test-vllm:
 	SAMTOK_VLLM_DTYPE=bfloat16 SAMTOK_VLLM_CPU_GEMM=sgl .venv-vllm/bin/python -m pytest -q -rP -m vllm tests/test_vllm_on_policy.py
 
 # Every launch config in recipes/accelerate/ trained with 2 CPU processes (gloo), full fine-tune and LoRA, each case
-# printing its row of the table in benchmarks/README.md (about 10 minutes on 2 cores). DeepSpeed comes from the
+# printing its row of the table in benchmarks/README.md (about 4 minutes on 2 cores). DeepSpeed comes from the
 # `deepspeed` extra; its first launch compiles a shared-memory op (about 90 s, cached in ~/.cache/torch_extensions).
 test-dist: $(STAMP)
 	$(PIP) install -q -c constraints.txt -e '.[test,deepspeed]'
