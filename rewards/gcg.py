@@ -87,9 +87,9 @@ def gcg_phrase_reward(
 ) -> list[float | None]:
     """Reference GCG phrase score: unique predicted phrases found among the GT phrases / max(#pred, #GT).
 
-    Phrases are compared by `samtok_rl.parsing.phrase_key` (split on single spaces and lower-cased, as the reference);
-    only phrases followed by a span count. 1.0 when the
-    reference has no phrase; a missing response gives 0.
+    Phrases are compared by `samtok_rl.parsing.phrase_key` (split on single spaces, each word stripped of surrounding
+    whitespace, lower-cased, as the reference); only phrases followed by a span count, and an empty phrase is no
+    phrase. 1.0 when the reference has no phrase; a missing response gives 0.
 
     Example:
     >>> from samtok_rl.tokens import format_mask
@@ -97,6 +97,9 @@ def gcg_phrase_reward(
     >>> ref = lambda x: f"<|object_ref_start|> {x} <|object_ref_end|> "
     >>> gt = f"A {ref('white pumpkin')}{a} lays on {ref('a jute bag')}{b}."
     >>> gcg_phrase_reward(None, [f"{ref('White  Pumpkin')}{a}", f"{ref('white pumpkin')} and {ref('a jute bag')}"], solution=[gt] * 2)
+    [0.5, 0.0]
+    >>> odd, tab = ref("\\x0cwhite\\u3000 pumpkin"), ref("white\\tpumpkin")  # stripped at a word's edge; not a separator
+    >>> gcg_phrase_reward(None, [odd + a, tab + a], solution=[gt] * 2)
     [0.5, 0.0]
     """
     return score_rows("gcg", _PHRASE, completions, completion_ids, solution, task)

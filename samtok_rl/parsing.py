@@ -311,14 +311,19 @@ def parse_gcg(text: str) -> tuple[str, list[str], list[tuple[int, int] | None]]:
 
 
 def phrase_key(phrase: str) -> str:
-    """How the reward rules compare phrases: split on single spaces, empty pieces dropped, lower-cased, joined with
-    one space (CycleGRPO's rule). Only spaces separate words: `a\\tman` and `a\\u00a0man` stay one word each.
+    """How the reward rules compare phrases: split on single spaces, each piece stripped of surrounding whitespace
+    (`str.strip`: tabs, form feeds, NBSP, ideographic space...), pieces left empty dropped, each lower-cased, joined
+    with one space (CycleGRPO's `text2mask.py`). Only spaces separate words: whitespace *inside* a piece stays, so
+    `a\\tman` and `a\\u00a0man` are one word each, while `\\x0ccat` is `cat`.
 
     Example:
-    >>> phrase_key(" White  Pumpkin "), phrase_key("a\\tman") == phrase_key("a man")
-    ('white pumpkin', False)
+    >>> phrase_key(" White  Pumpkin "), phrase_key("\\x0ccat a\\u3000"), phrase_key("a\\tman") == phrase_key("a man")
+    ('white pumpkin', 'cat a', False)
+    >>> phrase_key(" \\t\\u00a0 ")
+    ''
     """
-    return " ".join(piece for piece in phrase.split(" ") if piece).lower()
+    words = (piece.strip() for piece in phrase.split(" "))
+    return " ".join(word.lower() for word in words if word)
 
 
 def gcg_pairs(text: str) -> list[tuple[str, tuple[str, str]]]:

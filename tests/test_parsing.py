@@ -23,14 +23,15 @@ PHRASE_ORACLE = re.compile(re.escape(OBJ_REF_START) + r"(.*?)" + re.escape(OBJ_R
 PIECES = [
     OBJ_REF_START, OBJ_REF_END, "<|mt_start|>", "<|mt_end|>", "<|mt_0001|>", "<|mt_0258|>", "<|mt_7|>",
     "<|mt_start|><|mt_0012|><|mt_0300|><|mt_end|>", " ", "  ", "\n", "\n ", "\t", "a", "Cat", "b c", "<", "|", "\r",
-    "\u00a0", "\x1c", "\u2028", "\x0b",
+    "\u00a0", "\x1c", "\u2028", "\x0b", "\x0c", "\u3000",
 ]  # fmt: skip
 texts = st.lists(st.sampled_from(PIECES), max_size=40).map("".join)
 
 
 def pairs_oracle(text: str):
-    # The reference key: split on single spaces, empty pieces dropped, lower-cased (CycleGRPO's phrase rule).
-    return [(" ".join(w for w in p.split(" ") if w).lower(), (a, b)) for p, a, b in PAIR_ORACLE.findall(text)]
+    # The reference key: split on single spaces, each piece stripped, empty pieces dropped, lower-cased (CycleGRPO).
+    key = lambda p: " ".join(w.strip().lower() for w in p.split(" ") if w.strip())  # noqa: E731
+    return [(key(p), (a, b)) for p, a, b in PAIR_ORACLE.findall(text)]
 
 
 def parse_gcg_oracle(text: str):

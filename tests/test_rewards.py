@@ -517,3 +517,46 @@ def test_gcg_phrases_split_on_single_spaces_as_the_reference():
     gt = f"{ref('a man')}{A}"
     for sep, expected in ((" ", 1.0), ("  ", 1.0), ("\t", 0.0), ("\u00a0", 0.0)):
         assert rewards.gcg_phrase_reward(None, [f"{ref(f'A{sep}man')}{A}"], solution=[gt]) == [expected], repr(sep)
+
+
+def test_gcg_phrase_words_are_stripped_as_the_reference():
+    """CycleGRPO strips each space-separated piece (`str.strip`): whitespace at a word's edge is dropped, whitespace
+    inside a word stays. The literal completion is the phrase `\\x0ccat a` with its mask against GT phrases
+    `cat a` and `dog`: one of two GT phrases found."""
+    gt = (
+        "<|object_ref_start|> cat a <|object_ref_end|> <|mt_start|><|mt_0123|><|mt_0301|><|mt_end|> and "
+        "<|object_ref_start|> dog <|object_ref_end|> <|mt_start|><|mt_0007|><|mt_0400|><|mt_end|>."
+    )
+    pred = "A <|object_ref_start|> \x0ccat a <|object_ref_end|> <|mt_start|><|mt_0123|><|mt_0301|><|mt_end|>."
+    assert rewards.gcg_phrase_reward(None, [pred], solution=[gt]) == [0.5]  # 0.0 before the strip
+    assert rewards.gcg_grounded_reward(None, [pred], solution=[gt]) == [0.5]  # the grounded reward keys alike
+
+
+@pytest.mark.parametrize(
+    ("phrase", "expected"),
+    [
+        ("\x0ccat a", 1.0),  # form feed at a word's edge
+        ("Cat\t A", 1.0),  # "Cat\t" is stripped to "Cat"
+        ("\tcat  a\t", 1.0),
+        ("\xa0cat a\xa0", 1.0),  # NBSP
+        ("cat\u3000 \u3000a", 1.0),  # ideographic space
+        ("cat \x0b\x1c\u2028\r a", 1.0),  # a piece of only whitespace is dropped
+        ("cat\ta", 0.0),  # inside a piece: "cat\ta" is one word
+        ("cat\xa0a", 0.0),
+        ("cat\u3000a", 0.0),
+        ("cat\u200ba", 0.0),  # a zero-width space is not whitespace to str.strip
+    ],
+)
+def test_gcg_phrase_whitespace(phrase, expected):
+    gt = f"{ref('cat a')}{A}"
+    assert rewards.gcg_phrase_reward(None, [f"{ref(phrase)}{A}"], solution=[gt]) == [expected]
+
+
+def test_gcg_whitespace_only_phrase_is_no_phrase():
+    """A phrase of only whitespace is empty (the pair grammar's `\\s*` before the end marker takes all of it, and its
+    key would be "" anyway): the pair still gives a mask key, but no phrase (as in CycleGRPO)."""
+    blank = ref(" \t\x0c\xa0\u3000 ")
+    assert rewards.gcg_phrase_reward(None, [f"{blank}{A}"], solution=[f"{ref('cat')}{A}"]) == [0.0]
+    assert rewards.gcg_mask_reward(None, [f"{blank}{A}"], solution=[f"{ref('cat')}{A}"]) == [1.0]
+    # A GT whose only phrase is blank has no phrases: any prediction's phrase part is 1.0.
+    assert rewards.gcg_phrase_reward(None, [f"{ref('dog')}{B}", "x"], solution=[f"{blank}{A}"] * 2) == [1.0, 1.0]

@@ -1,5 +1,7 @@
 """Fuzz: no reward raises on any completion text, and every score stays in its range."""
 
+import re
+
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -146,3 +148,44 @@ def test_adversarial_64kb_completions_score_in_linear_time(pattern):
     # of these inputs takes minutes.
     slowest = max(reward_seconds(name, text) for name in PRESET_REWARDS)
     assert slowest < 1.0, f"{pattern}: {slowest:.2f} s"
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# GCG phrase keys: unusual whitespace inside phrases scores exactly as the reference rule.
+# ---------------------------------------------------------------------------------------------------------------------
+
+_PAIR_RE = re.compile(
+    re.escape(REF_START) + r"(.*?)\s*" + re.escape(REF_END)
+    + r"\s*<\|mt_start\|><\|mt_(\d+)\|><\|mt_(\d+)\|><\|mt_end\|>"
+)  # fmt: skip
+WORDS = ["cat", "Cat", "a", "dog", "white pumpkin"]
+# str.isspace characters (tab, form feed, NBSP, ideographic space, NEL, line separator...), a newline (which ends a
+# phrase in the reference grammar) and a zero-width space (not whitespace to str.strip).
+ODD_SPACES = [
+    " ", "  ", "\t", "\x0c", "\x0b", "\r", "\xa0", "\u3000", "\x1c", "\x85", "\u2028", "\u2009", "\n", "\u200b",
+]  # fmt: skip
+PHRASE = st.lists(st.sampled_from(WORDS + ODD_SPACES), max_size=8).map("".join)
+SPAN = st.sampled_from([A, A1, B])
+GCG_TEXT = st.lists(st.tuples(PHRASE, SPAN), max_size=4).map(
+    lambda pairs: "A " + " and ".join(f"{REF_START} {p} {REF_END} {s}" for p, s in pairs) + "."
+)
+
+
+def reference_phrase_score(text: str, gt: str) -> float:
+    """The reference GCG phrase part (CycleGRPO `text2mask.py`) written out plainly: its pair regex, its phrase key,
+    empty keys dropped, unique predicted keys found in the GT over max(#pred, #GT), 1.0 when the GT has no phrase."""
+
+    def phrases(s):
+        keys = (" ".join(w.strip().lower() for w in p.split(" ") if w.strip()) for p, _, _ in _PAIR_RE.findall(s))
+        return [k for k in keys if k]
+
+    pred, gts = phrases(text), phrases(gt)
+    if not gts:
+        return 1.0
+    return len(set(pred) & set(gts)) / max(len(pred), len(gts))
+
+
+@settings(max_examples=3000, deadline=None, suppress_health_check=list(HealthCheck))
+@given(GCG_TEXT, GCG_TEXT)
+def test_gcg_phrase_reward_equals_the_reference_rule(text, gt):
+    assert REWARDS["gcg_phrase_reward"](None, [text], solution=[gt]) == [reference_phrase_score(text, gt)]
