@@ -7,13 +7,13 @@ checks, which need the processor). They all run in `--dry_run` too.
 from __future__ import annotations
 
 import inspect
+import json
 import logging
 import os
 import re
 from pathlib import Path
 
 from transformers.integrations import is_deepspeed_zero3_enabled
-from transformers.trainer_utils import get_last_checkpoint
 
 import rewards
 from samtok_rl.errors import UsageError
@@ -21,6 +21,9 @@ from samtok_rl.files import check_local_path
 from samtok_rl.mask_tokenizer import CHECKPOINT_NAME, MICRO
 from samtok_rl.prepare import PREPARED_FEATURES
 from samtok_rl.prompts import asks_to_think
+from samtok_rl.rollouts import ROLLOUTS_FILE, RUN_FILE
+from samtok_rl.run_dir import read_run, run_changes
+from samtok_rl.runlog import METRICS_FILE
 from samtok_rl.tokens import MASK_TOKENS, format_mask, missing_mask_tokens
 
 
@@ -169,38 +172,22 @@ def check_mask_tokenizer_files(name: str | None) -> None:
         raise UsageError(f"mask_tokenizer folder {name!r} has no {CHECKPOINT_NAME}")
 
 
-def resolve_resume(training_args) -> str | None:
-    """The checkpoint a run resumes from (`None`: a fresh run), after refusing what would mix or lose runs.
+RUN_LOGS = (ROLLOUTS_FILE, METRICS_FILE)
 
-    - `resume_from_checkpoint: true` means the last `checkpoint-N` of `output_dir` (an error when there is none);
-    - a checkpoint folder must hold the model (`config.json`, or `adapter_config.json` for LoRA), `trainer_state.json`
-      and the optimizer state, so that a resume is the run it continues, not a silently restarted optimizer;
-    - a fresh run into an `output_dir` that holds checkpoints or a trained model of an earlier run is refused: it
-      would overwrite some of them and leave the others beside its own.
+
+def _run_files(folder: Path) -> list[str]:
+    """The files of a training run's logs that `folder` holds."""
+    return [name for name in (*RUN_LOGS, RUN_FILE) if (folder / name).is_file()]
+
+
+def checkpoint_problem(checkpoint: Path) -> str | None:
+    """What a checkpoint folder lacks to resume the run it saved (`None` when complete).
+
+    It must hold the model (`config.json`, or `adapter_config.json` for LoRA), `trainer_state.json` and the optimizer
+    state, so that a resume is the run it continues, not a silently restarted optimizer.
     """
-    value = training_args.resume_from_checkpoint
-    out = Path(training_args.output_dir)
-    last = get_last_checkpoint(str(out)) if out.is_dir() else None
-    if value is None or str(value).lower() in ("false", "none", ""):
-        if last is not None or (out / "config.json").is_file() or (out / "adapter_config.json").is_file():
-            held = f"checkpoints (last: {Path(last).name})" if last else "a trained model"
-            raise UsageError(
-                f"output_dir {str(out)!r} holds {held} of an earlier run: continue it with --resume_from_checkpoint "
-                "true, or choose another output_dir"
-            )
-        return None
-    if str(value).lower() == "true":
-        if last is None:
-            raise UsageError(f"resume_from_checkpoint true: output_dir {str(out)!r} holds no checkpoint-N folder")
-        checkpoint = Path(last)
-    else:
-        checkpoint = Path(str(value)).expanduser()
-        if not checkpoint.is_dir():
-            raise UsageError(f"resume_from_checkpoint {str(value)!r} is not a folder")
     if not ((checkpoint / "config.json").is_file() or (checkpoint / "adapter_config.json").is_file()):
-        raise UsageError(
-            f"checkpoint {str(checkpoint)!r} has no config.json (nor adapter_config.json): not a checkpoint"
-        )
+        return "has no config.json (nor adapter_config.json): not a checkpoint"
     # Where the Trainer keeps the optimizer: optimizer.pt; FSDP (accelerate) optimizer.bin or optimizer_0/;
     # DeepSpeed global_step*/.
     has_optimizer = any(
@@ -209,8 +196,107 @@ def resolve_resume(training_args) -> str | None:
     for needed, present in (("trainer_state.json", (checkpoint / "trainer_state.json").is_file()),
                             ("optimizer state (optimizer.pt)", has_optimizer)):  # fmt: skip
         if not present:
-            raise UsageError(f"checkpoint {str(checkpoint)!r} has no {needed}: resuming would restart it silently")
+            return f"has no {needed}: resuming would restart it silently"
+    return None
+
+
+def _checkpoints(out: Path) -> list[Path]:
+    """`output_dir`'s `checkpoint-N` folders, newest first."""
+    found = [p for p in out.glob("checkpoint-*") if p.is_dir() and p.name.removeprefix("checkpoint-").isdigit()]
+    return sorted(found, key=lambda p: int(p.name.removeprefix("checkpoint-")), reverse=True)
+
+
+def resolve_resume(training_args) -> str | None:
+    """The checkpoint a run resumes from (`None`: a fresh run), after refusing what would mix or lose runs.
+
+    - `resume_from_checkpoint: true` means the last complete `checkpoint-N` of `output_dir`; a newer one left
+      incomplete by a run killed while saving is skipped, and said (an error when there is none);
+    - a checkpoint folder must be complete (`checkpoint_problem`);
+    - a fresh run into an `output_dir` that holds checkpoints, a trained model or the logs of an earlier run is
+      refused: it would overwrite some of them and leave the others beside its own; so is a resume that would write
+      into another run's `output_dir` (one holding logs, but not the checkpoint).
+    """
+    value = training_args.resume_from_checkpoint
+    out = Path(training_args.output_dir)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"output_dir {str(out)!r} is a file, not a folder")
+    checkpoints = _checkpoints(out) if out.is_dir() else []
+    if value is None or str(value).lower() in ("false", "none", ""):
+        held = []
+        if checkpoints:
+            held.append(f"checkpoints (last: {checkpoints[0].name})")
+        if (out / "config.json").is_file() or (out / "adapter_config.json").is_file():
+            held.append("a trained model")
+        if out.is_dir() and _run_files(out):
+            held.append(f"logs ({', '.join(_run_files(out))})")
+        if held:
+            raise UsageError(
+                f"output_dir {str(out)!r} holds {', '.join(held)} of an earlier run: continue it with "
+                "--resume_from_checkpoint true, or choose another output_dir"
+            )
+        return None
+    if str(value).lower() == "true":
+        complete = [c for c in checkpoints if checkpoint_problem(c) is None]
+        if not complete:
+            where = f" (incomplete: {', '.join(c.name for c in checkpoints)})" if checkpoints else ""
+            raise UsageError(
+                f"resume_from_checkpoint true: output_dir {str(out)!r} holds no complete checkpoint-N folder{where}"
+            )
+        checkpoint = complete[0]
+        skipped = checkpoints[: checkpoints.index(checkpoint)]
+        if skipped:
+            logger.warning(
+                "resume_from_checkpoint true: %s %s (a run killed while saving?); resuming from %s",
+                ", ".join(c.name for c in skipped), checkpoint_problem(skipped[0]), checkpoint.name,
+            )  # fmt: skip
+    else:
+        checkpoint = Path(str(value)).expanduser()
+        if not checkpoint.is_dir():
+            raise UsageError(f"resume_from_checkpoint {str(value)!r} is not a folder")
+        problem = checkpoint_problem(checkpoint)
+        if problem is not None:
+            raise UsageError(f"checkpoint {str(checkpoint)!r} {problem}")
+    if out.is_dir() and out.resolve() != checkpoint.resolve().parent and _run_files(out):
+        raise UsageError(
+            f"output_dir {str(out)!r} holds the logs of another run ({', '.join(_run_files(out))}), not of "
+            f"{str(checkpoint)!r}: resume into the checkpoint's own folder or into an empty output_dir"
+        )
     return str(checkpoint)
+
+
+def checkpoint_step(checkpoint: str, max_steps: int) -> int:
+    """The step a checkpoint was saved at; a resume that has no step left to train (`max_steps`) is refused."""
+    step = json.loads((Path(checkpoint) / "trainer_state.json").read_text())["global_step"]
+    if 0 < max_steps <= step:
+        raise UsageError(
+            f"checkpoint {checkpoint!r} is at step {step} and max_steps is {max_steps}: nothing left to train "
+            f"(raise max_steps above {step})"
+        )
+    return step
+
+
+def check_resume_changes(resume: str | None, current: dict, accept: bool) -> tuple[dict | None, list[str]]:
+    """Compare a resume with the run its checkpoint belongs to (`samtok_run.json` beside the checkpoint).
+
+    Returns:
+        `tuple[dict | None, list[str]]`: that run's record and the accepted changes (empty for a fresh run).
+
+    Raises:
+        `UsageError`: the resume changes what the run was (`run_dir.RUN_IDENTITY`) and `accept` is off.
+    """
+    if resume is None:
+        return None, []
+    previous = read_run(Path(resume).parent / RUN_FILE)
+    if previous is None:
+        logger.warning("resuming from %s: no %s beside it, so the recipe cannot be compared", resume, RUN_FILE)
+        return None, []
+    changes = run_changes(previous, current)
+    if changes and not accept:
+        raise UsageError(
+            f"resuming {resume} would change the run: {'; '.join(changes)}. Use the checkpoint's recipe, start a "
+            "new run, or pass --accept_resume_changes (recorded in samtok_run.json)"
+        )
+    return previous, changes
 
 
 def reward_name(spec: str) -> str:

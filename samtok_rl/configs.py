@@ -93,6 +93,13 @@ class SamtokScriptArguments:
     max_train_samples: int | None = field(
         default=None, metadata={"help": "Keep only the first N dataset rows (debugging)."}
     )
+    accept_resume_changes: bool = field(
+        default=False,
+        metadata={
+            "help": "Resume although the recipe changes what the checkpoint's run was (dataset, task, model, rewards "
+            "or weights, num_generations); the changes are recorded in samtok_run.json."
+        },
+    )
     dry_run: bool = field(
         default=False,
         metadata={

@@ -13,20 +13,25 @@ save. `--dry_run` stops after the checks that do not need the model weights.
 from __future__ import annotations
 
 import logging
+import math
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 from trl import GRPOConfig, ModelConfig
 
 import rewards
 from samtok_rl.checks import (
+    RUN_LOGS,
     check_columns,
     check_mask_tokens,
     check_prompt_format,
     check_recipe,
+    check_resume_changes,
     check_rewards_package,
     check_tasks,
+    checkpoint_step,
     resolve_resume,
 )
 from samtok_rl.cli import config_parser, report_errors
@@ -43,7 +48,8 @@ from samtok_rl.loading import (
 )
 from samtok_rl.logs import setup_logging
 from samtok_rl.prepare import prepared_tokenizer
-from samtok_rl.rollouts import write_run_info
+from samtok_rl.rollouts import RUN_FILE
+from samtok_rl.run_dir import cut_logs_to_step, lock_output_dir, record_run
 from samtok_rl.tiny import resolve_model_path
 from samtok_rl.tokens import MASK_TOKENS
 from samtok_rl.trainer import SamtokGRPOTrainer
@@ -109,6 +115,10 @@ def resolve_rewards(script_args, training_args) -> tuple[list[str], list]:
     weights = training_args.reward_weights
     if weights is not None and len(weights) != len(specs):
         raise UsageError(f"{len(weights)} reward_weights for {len(specs)} rewards {specs}")
+    for spec, weight in zip(specs, weights or []):
+        # TRL sums weighted rewards skipping NaN: a NaN weight would silently drop its reward from the total.
+        if not math.isfinite(weight):
+            raise UsageError(f"reward_weights: {weight} for {spec}: weights must be finite numbers")
     funcs = rewards.get_reward_funcs(
         specs, mask_tokenizer=script_args.mask_tokenizer, repetition_limit=script_args.repetition_limit
     )
@@ -135,6 +145,13 @@ def main(script_args=None, training_args=None, model_args=None):
     check_columns(dataset, funcs, specs)
     check_tasks(dataset, specs)
     check_prompt_format(dataset, specs)
+    identity = {
+        "dataset": script_args.dataset, "task": script_args.reward_preset, "model": model_args.model_name_or_path,
+        "rewards": specs, "reward_weights": training_args.reward_weights,
+        "num_generations": training_args.num_generations,
+    }  # fmt: skip
+    previous, changes = check_resume_changes(resume, identity, script_args.accept_resume_changes)
+    resumed_at = checkpoint_step(resume, training_args.max_steps) if resume is not None else None
     if script_args.dry_run:
         logger.info(
             "dry run OK: rewards %s (weights %s), %d rows, generation batch %d completions = %d prompts "
@@ -147,6 +164,16 @@ def main(script_args=None, training_args=None, model_args=None):
             training_args.world_size,
         )
         return None
+
+    # Own the output folder (one run at a time); a resume continues the logs at its checkpoint's step.
+    out = Path(training_args.output_dir)
+    if training_args.process_index == 0:
+        lock_output_dir(out)
+        if resumed_at is not None:
+            moved = cut_logs_to_step(out, resumed_at, RUN_LOGS)
+            for name, count in moved.items():
+                logger.warning("%s: %d records after step %d (the interrupted run's) moved to %s.superseded",
+                               name, count, resumed_at, name)  # fmt: skip
 
     # Load: the processor first (its mask tokens are checked before the weights load), then the policy.
     path = resolve_model_path(model_args.model_name_or_path)
@@ -176,13 +203,11 @@ def main(script_args=None, training_args=None, model_args=None):
         else None,
     )
     if trainer.accelerator.is_main_process:
-        write_run_info(
-            training_args.output_dir,
-            script_args.mask_tokenizer or prepared_tokenizer(script_args.dataset),
-            script_args.dataset, specs, training_args.reward_weights, training_args.num_generations,
-        )  # fmt: skip
+        # What `samtok-rl inspect` needs to decode and label the rollouts, and what a resume is compared with.
+        mask_tokenizer = script_args.mask_tokenizer or prepared_tokenizer(script_args.dataset)
+        record_run(out / RUN_FILE, {**identity, "mask_tokenizer": mask_tokenizer}, previous, resumed_at, changes)
     if resume is not None:
-        logger.info("resuming from %s", resume)
+        logger.info("resuming from %s%s", resume, f" with changes: {'; '.join(changes)}" if changes else "")
     trainer.train(resume_from_checkpoint=resume)
     trainer.save_model(training_args.output_dir)
     processor.save_pretrained(training_args.output_dir)

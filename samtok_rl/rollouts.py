@@ -14,11 +14,10 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
-from samtok_rl.files import write_json_atomic
 from samtok_rl.parsing import parse_masks, split_think_answer
 
 
-__all__ = ["ROLLOUTS_FILE", "RUN_FILE", "TEXT_COLUMNS", "append_rollouts", "rollout_records", "write_run_info"]
+__all__ = ["ROLLOUTS_FILE", "RUN_FILE", "TEXT_COLUMNS", "append_rollouts", "rollout_records"]
 
 ROLLOUTS_FILE = "rollouts.jsonl"
 # What a reader of the rollouts needs to know about the run: the mask tokenizer its codes decode with, the rewards.
@@ -87,21 +86,4 @@ def append_rollouts(output_dir: str | Path, records: list[dict]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a", encoding="utf-8") as f:
         f.write("".join(json.dumps(r) + "\n" for r in records))
-    return path
-
-
-def write_run_info(output_dir: str | Path, mask_tokenizer: str | None, dataset: str, rewards: Sequence[str],
-                   weights: Sequence[float] | None, num_generations: int) -> Path:  # fmt: skip
-    """Write `<output_dir>/samtok_run.json`: what `samtok-rl inspect` needs to decode and label the rollouts.
-
-    `mask_tokenizer` is the recipe's, else the one the dataset's GT codes were made with (`samtok-rl prepare`
-    records it), so the report decodes the policy's codes with the tokenizer the rewards compared them against.
-    """
-    path = Path(output_dir) / RUN_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(
-        path,
-        {"mask_tokenizer": mask_tokenizer, "dataset": dataset, "rewards": list(rewards),
-         "reward_weights": None if weights is None else list(weights), "num_generations": num_generations},
-    )  # fmt: skip
     return path
