@@ -5,7 +5,6 @@ from __future__ import annotations
 import operator
 from pathlib import Path
 
-from PIL.ImageFile import ImageFile
 from transformers import AutoTokenizer, ProcessorMixin
 from trl.trainer.utils import get_callable_name
 
@@ -17,6 +16,10 @@ from samtok_rl.parsing import OBJ_REF_END, OBJ_REF_START
 # vision markers) is dropped, as TRL's own decoding drops it.
 KEEP_SPECIAL = (OBJ_REF_START, OBJ_REF_END, "<|box_start|>", "<|box_end|>", "<|quad_start|>", "<|quad_end|>")
 
+
+# The largest reward magnitude accepted from any reward function. samtok-rl's own rewards lie in [0, 3]; a value beyond
+# this bound is a bug (an overflow, a missing normalisation) that would swamp the weighted sum of the rewards.
+MAX_ABS_REWARD = 1e3
 
 # The last decoded batch: [completion_ids, its items, tokenizer, texts] (see `TokenizerBoundReward.decode`).
 _last_decode: list = [None, (), None, None]
@@ -49,7 +52,8 @@ def _log_rollout_columns(log_extra, texts: list[str], kwargs: dict) -> None:
     images = kwargs.get("image") or [None] * n
     columns = {
         "samtok_text": texts,
-        "samtok_image": [image.filename if isinstance(image, ImageFile) else None for image in images],
+        # A file's PIL image carries its path; samtok_rl.loading keeps it on the images it converts to RGB.
+        "samtok_image": [getattr(image, "filename", None) for image in images],
         "samtok_task": kwargs.get("task") or [None] * n,
         "samtok_solution": kwargs.get("solution") or [None] * n,
         "samtok_gt_masks": kwargs.get("gt_masks") or [None] * n,
@@ -123,6 +127,14 @@ class TokenizerBoundReward:
             if score is not None and (isinstance(score, bool) or not isinstance(score, (int, float))):
                 raise UsageError(
                     f"reward {self.__name__} returned {score!r:.40} ({type(score).__name__}) for completion {i}: rewards return floats (or None)"
+                )
+            # TRL sums rewards skipping NaN, so a NaN reward silently counts for nothing; inf or a huge value swamps
+            # the total and the group normalisation (loss and gradient 0, or `reward 5e+29 ± inf`). `None` is the way
+            # to say "not applicable" (e.g. a row of another task).
+            if score is not None and not -MAX_ABS_REWARD <= score <= MAX_ABS_REWARD:
+                raise UsageError(
+                    f"reward {self.__name__} returned {score!r} for completion {i}: rewards must be finite and within "
+                    f"±{MAX_ABS_REWARD:g} (return None where the reward does not apply)"
                 )
         return scores
 

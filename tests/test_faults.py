@@ -9,6 +9,7 @@ boundary in `test_grpo.py`.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -117,7 +118,10 @@ def test_the_same_training_command_twice_is_refused_and_overwrites_nothing(tmp_p
             "gres", "--max_steps", "1", "--save_strategy", "steps", "--save_steps", "1"]  # fmt: skip
     grpo.main(argv)
     before = {p: p.stat().st_mtime_ns for p in (tmp_path / "run").rglob("*") if p.is_file()}
-    with pytest.raises(UsageError, match=r"holds checkpoints \(last: checkpoint-1\) of an earlier run: continue it"):
+    with pytest.raises(
+        UsageError,
+        match=r"holds checkpoints \(last: checkpoint-1\), a trained model, logs \(.*\) of an earlier run: continue it",
+    ):
         grpo.main(argv)
     assert {p: p.stat().st_mtime_ns for p in (tmp_path / "run").rglob("*") if p.is_file()} == before
 
@@ -226,7 +230,7 @@ def test_resume_true_without_a_checkpoint(tmp_path, capsys):
     err = one_line_error(capsys, ["train", "--dataset", "sample:gres", "--reward_preset", "gres", "--mask_tokenizer",
                                   "micro", "--use_cpu", "--model_name_or_path", "tiny:qwen2_5_vl", "--output_dir",
                                   str(tmp_path), "--resume_from_checkpoint", "true", "--dry_run"])  # fmt: skip
-    assert "resume_from_checkpoint true: output_dir" in err and "holds no checkpoint-N folder" in err
+    assert "resume_from_checkpoint true: output_dir" in err and "holds no complete checkpoint-N folder" in err
 
 
 def test_eval_builds_the_mask_tokenizer_before_the_generator(tmp_path, monkeypatch):
@@ -393,3 +397,48 @@ def test_python_m_entry_points_report_errors_in_one_line_too(tmp_path):
     )  # fmt: skip
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1] == "samtok-rl train: error: beta must be >= 0, got -1.0"
+
+
+def nan_reward(prompts, completions, **kwargs) -> list[float]:
+    return [float("nan")] * len(completions)
+
+
+def inf_reward(prompts, completions, **kwargs) -> list[float]:
+    return [float("inf")] * len(completions)
+
+
+def none_half_reward(prompts, completions, **kwargs) -> list[float | None]:
+    return [None if i % 2 else 0.5 for i in range(len(completions))]
+
+
+def huge_half_reward(prompts, completions, **kwargs) -> list[float]:
+    return [1e30 if i % 2 else 0.5 for i in range(len(completions))]
+
+
+def test_a_nan_reward_weight_is_refused_before_training(tmp_path, datasets_dir):
+    with pytest.raises(UsageError, match=r"reward_weights: nan for gres_mask_reward: weights must be finite numbers"):
+        dry(tmp_path, datasets_dir["gres"], "--reward_preset", "gres", "--reward_weights", "1", "nan", "1", "1")
+    with pytest.raises(UsageError, match=r"reward_weights: inf for .*: weights must be finite numbers"):
+        dry(tmp_path, datasets_dir["gres"], "--reward_preset", "gres", "--reward_weights", "1", "1", "inf", "1")
+
+
+@pytest.mark.parametrize(
+    ("reward", "shown"), [("nan_reward", "nan"), ("inf_reward", "inf"), ("huge_half_reward", "1e+30")]
+)
+def test_a_reward_returning_nan_inf_or_a_huge_value_stops_training(tmp_path, datasets_dir, reward, shown):
+    out = tmp_path / "run"
+    argv = [*TRAIN, "--output_dir", str(out), "--dataset", datasets_dir["gres"], "--reward_preset", "gres",
+            "--reward_funcs", f"{Path(__file__).resolve()}:{reward}", "--max_steps", "2"]  # fmt: skip
+    with pytest.raises(
+        UsageError, match=rf"reward {reward} returned {re.escape(shown)} for completion \d+: rewards must be finite"
+    ):
+        grpo.main(argv)
+    assert not (out / "metrics.jsonl").exists()  # stopped in the first step, before anything was logged
+
+
+def test_a_reward_returning_none_for_other_rows_still_trains(tmp_path, datasets_dir):
+    """`None` (not applicable, e.g. rows of another task) is the allowed way to leave a reward out."""
+    out = tmp_path / "run"
+    argv = [*TRAIN, "--output_dir", str(out), "--dataset", datasets_dir["gres"], "--reward_preset", "gres",
+            "--reward_funcs", f"{Path(__file__).resolve()}:none_half_reward", "--max_steps", "1"]  # fmt: skip
+    assert grpo.main(argv).state.global_step == 1
