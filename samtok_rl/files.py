@@ -8,6 +8,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import numpy as np
 from PIL import Image
 
 from samtok_rl.errors import UsageError
@@ -15,11 +16,13 @@ from samtok_rl.errors import UsageError
 
 __all__ = [
     "cache_dir",
+    "check_image_mode",
     "check_local_path",
     "looks_local",
     "open_rgb",
     "read_json_lines",
     "save_checkpoint",
+    "to_rgb",
     "write_json_atomic",
 ]
 
@@ -113,7 +116,82 @@ def save_checkpoint(model, processor, final: Path) -> Path:
     return final
 
 
-def open_rgb(path: str | Path) -> Image.Image:
-    """Read an image file as RGB (the file is closed before returning)."""
-    with Image.open(path) as image:
+# Modes whose values PIL's own `convert("RGB")` keeps: 8 bits per channel. Alpha is dropped, not composited: PIL's
+# rule, which transformers' `convert_to_rgb` (the VLM processor's) applies too, so policy and mask tokenizer see the
+# same pixels. P/PA go through their palette, CMYK/YCbCr/LAB/HSV through PIL's formulas.
+_PIL_RGB_MODES = frozenset({"1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr", "LAB", "HSV"})
+# 16-bit unsigned grey (PNG, TIFF, PPM, JPEG 2000, FITS): PIL's `convert("RGB")` clips these at 255.
+_16_BIT_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N"})
+# TIFF BitsPerSample: the one bit depth PIL reports from a header.
+_TIFF_BITS_PER_SAMPLE = 258
+_RESAVE = "save it as an 8- or 16-bit image"
+
+
+def check_image_mode(image: Image.Image, source: str | Path) -> None:
+    """Refuse, from the header alone, an image that `to_rgb` cannot read by value (mode F, a 32-bit integer TIFF,
+    a mode not listed there); the one-line `UsageError` names `source` and the mode.
+
+    Example:
+    >>> try:
+    ...     check_image_mode(Image.new("F", (2, 2)), "depth.tif")
+    ... except UsageError as err:
+    ...     print(err)
+    depth.tif: image mode F (32-bit float) has no single 8-bit reading; save it as an 8- or 16-bit image
+    """
+    mode = image.mode
+    if mode in _PIL_RGB_MODES or mode in _16_BIT_MODES or mode == "La":
+        return
+    if mode == "F":
+        raise UsageError(f"{source}: image mode F (32-bit float) has no single 8-bit reading; {_RESAVE}")
+    if mode == "I":
+        bits = getattr(image, "tag_v2", {}).get(_TIFF_BITS_PER_SAMPLE)
+        bits = max(bits) if isinstance(bits, tuple) else bits
+        if bits is not None and bits > 16:
+            raise UsageError(
+                f"{source}: image mode I with {bits} bits per sample (TIFF) has no single 8-bit reading; {_RESAVE}"
+            )
+        return
+    raise UsageError(f"{source}: image mode {mode} is not one samtok-rl reads; {_RESAVE}")
+
+
+def to_rgb(image: Image.Image, source: str | Path) -> Image.Image:
+    """The pixels of any image samtok-rl reads (dataset, training, eval, mask tokenizer), as 8-bit RGB by value.
+
+    - RGB is returned as is; 1, L, LA, P, PA, RGBA, RGBa, RGBX, CMYK, YCbCr, LAB and HSV are converted by PIL
+      (`convert("RGB")`: alpha dropped, not composited; La goes through LA);
+    - 16-bit grey (I;16, I;16B, I;16L, I;16N) is scaled to 0..255: value / 257, rounded (65535 -> 255, 61420 -> 239).
+      PIL's own conversion clips it at 255, which turns most of a 16-bit photo white;
+    - mode I (32-bit integers: what PIL gives 16-bit PGM/PPM files, their values rescaled to 0..65535, and 32-bit
+      TIFF/FITS files) is read on the same 16-bit scale when every value lies in 0..65535 and no TIFF header
+      declares more than 16 bits per sample; otherwise it is refused;
+    - mode F (floats) and any other mode are refused: a one-line `UsageError` naming `source` and the mode.
+
+    Example:
+    >>> import numpy as np
+    >>> grey16 = Image.fromarray(np.array([[0, 257, 61420, 65535]], dtype=np.uint16))
+    >>> grey16.mode, np.asarray(to_rgb(grey16, "a.png"))[0, :, 0].tolist()
+    ('I;16', [0, 1, 239, 255])
+    """
+    check_image_mode(image, source)
+    if image.mode == "RGB":
+        return image
+    if image.mode == "La":
+        image = image.convert("LA")  # PIL converts premultiplied La to LA but not straight to RGB
+    if image.mode in _PIL_RGB_MODES:
         return image.convert("RGB")
+    values = np.asarray(image).astype(np.int64)  # I;16*: uint16 of either byte order; I: int32
+    low, high = (int(values.min()), int(values.max())) if values.size else (0, 0)
+    if low < 0 or high > 65535:
+        raise UsageError(
+            f"{source}: image mode I holds values {low}..{high}, outside the 16-bit range 0..65535 it is read on; "
+            f"{_RESAVE}"
+        )
+    grey = ((values + 128) // 257).astype(np.uint8)  # round(value / 257): 0..65535 onto 0..255
+    return Image.fromarray(grey).convert("RGB")
+
+
+def open_rgb(path: str | Path) -> Image.Image:
+    """Read an image file as 8-bit RGB by value (`to_rgb`); the file is closed before returning."""
+    with Image.open(path) as image:
+        rgb = to_rgb(image, path)
+        return rgb.copy() if rgb is image else rgb  # an RGB file's own image would be closed with the file

@@ -16,7 +16,7 @@ from samtok_rl.add_tokens import AddMaskTokensArguments, add_mask_tokens_to_mode
 from samtok_rl.configs import SAMPLE_PREFIX
 from samtok_rl.data import sample_paths
 from samtok_rl.errors import UsageError
-from samtok_rl.files import cache_dir
+from samtok_rl.files import cache_dir, to_rgb
 from samtok_rl.mask_tokenizer import build_mask_tokenizer
 from samtok_rl.prepare import load_prepared, prepare, read_source
 
@@ -41,9 +41,30 @@ def sample_dir(task: str, mask_tokenizer: str) -> Path:
 
 
 def load_dataset(script_args, training_args=None):
-    """Load the prepared dataset (or prepare the bundled sample) and cast `image` paths to PIL images."""
+    """Load the prepared dataset (or prepare the bundled sample) and cast `image` paths to PIL images, read as 8-bit
+    RGB by value (`rgb_images`)."""
     # TRL hands PIL images to the processor and to the rewards: decode the stored paths lazily.
-    return load_rows(script_args, training_args).cast_column("image", datasets.Image())
+    rows = load_rows(script_args, training_args).cast_column("image", datasets.Image())
+    return rows.with_transform(rgb_images, columns=["image"], output_all_columns=True)
+
+
+def rgb_images(batch: dict) -> dict:
+    """`datasets` transform: the decoded `image` column as 8-bit RGB by value (`samtok_rl.files.to_rgb`).
+
+    The processor would otherwise convert a 16-bit image itself with PIL, which clips it at 255: the policy would see
+    a white image while `prepare` computed the GT codes from the real one.
+    """
+    if "image" in batch:  # absent after `select_columns` without it
+        batch["image"] = [None if image is None else _rgb_keeping_path(image) for image in batch["image"]]
+    return batch
+
+
+def _rgb_keeping_path(image):
+    path = getattr(image, "filename", "")
+    rgb = to_rgb(image, path or "a dataset image")
+    if rgb is not image:
+        rgb.filename = path  # rollouts.jsonl records each row's image path from it (rewards/_bind.py)
+    return rgb
 
 
 def load_rows(script_args, training_args=None):

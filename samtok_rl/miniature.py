@@ -42,7 +42,7 @@ from PIL import Image, ImageDraw
 
 from samtok_rl.cli import config_parser, report_errors
 from samtok_rl.errors import UsageError
-from samtok_rl.files import read_json_lines
+from samtok_rl.files import open_rgb, read_json_lines
 from samtok_rl.logs import setup_logging
 from samtok_rl.masks import decode_rle, rle_from_mask
 
@@ -226,7 +226,7 @@ def build_data(config: MiniatureConfig, out: Path) -> Stage:
     samples, _ = load_split("gres", data, "val", str(data / "images"), True, None)
     for sample, row in zip(samples, prepared["val"]):
         codes = np.array(row["gt_codes"], dtype=np.int64).reshape(-1, 2)
-        image = np.asarray(Image.open(sample.image).convert("RGB"))
+        image = np.asarray(open_rgb(sample.image))
         stage.gt_codes[sample.id] = row["gt_codes"]
         stage.decoded_gt[sample.id] = union_masks(tokenizer.decode(image, codes) if len(codes) else [], (SIZE, SIZE))
     return stage

@@ -211,9 +211,11 @@ def _encode_shard(rows: list[dict], tokenizer, batch_size: int, skip_invalid: bo
         try:
             rgb = np.asarray(open_rgb(path))
         except (OSError, SyntaxError, ValueError) as err:  # PIL's errors for truncated or corrupt files
+            # open_rgb's own refusal (a mode I image outside 0..65535) already names the file.
+            problem = str(err) if isinstance(err, UsageError) else f"{path}: the image does not decode ({err})"
             if not skip_invalid:
-                raise DataError(f"{path}: the image does not decode ({err}); fix it, or set skip_invalid") from err
-            logger.warning("%s: the image does not decode (%s): its %d row(s) are skipped", path, err, len(indices))
+                raise DataError(f"{problem}; fix it, or set skip_invalid") from err
+            logger.warning("%s: its %d row(s) are skipped", problem, len(indices))
             for i in indices:
                 codes[i] = None
             continue

@@ -2,13 +2,17 @@
 
 import json
 import random
+import re
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from samtok_rl.data import DataError, read_grandf_gcg, read_grandf_gcg_gt, read_grefcoco, sample_paths
+from samtok_rl.errors import UsageError
+from samtok_rl.files import open_rgb, to_rgb
 from samtok_rl.masks import decode_rle, rle_box_centre
 from samtok_rl.parsing import parse_gcg, parse_masks
 from samtok_rl.prepare import gcg_solution, gres_solution, load_prepared, prepare, read_source, select_one_per_image
@@ -342,3 +346,169 @@ def test_prepare_gcg_cli(micro_tokenizer, golden_a, tmp_path, monkeypatch):
     assert phrases == row["phrases"] and [tuple(c) for c in row["gt_codes"]] == codes
     assert len(row["gt_masks"]) == len(row["phrases"]) and row["expression"] == "" and not row["no_target"]
     assert "and highlight the phrases." in row["prompt"][0]["content"][1]["text"]
+
+
+# --------------------------------------------------------------------------------------------------- images by value
+
+GREY16 = np.array([[0, 257, 1000, 32768, 61420, 65535]], dtype=np.uint16)
+GREY16_AS_8 = [0, 1, 4, 128, 239, 255]  # round(value / 257)
+
+
+def _channels(image) -> np.ndarray:
+    rgb = np.asarray(image)
+    assert rgb.dtype == np.uint8 and rgb.shape[2] == 3
+    return rgb
+
+
+@pytest.mark.parametrize(
+    ("name", "write", "mode"),
+    [
+        ("grey16.png", lambda p: Image.fromarray(GREY16).save(p), "I;16"),
+        ("grey16.tif", lambda p: Image.frombytes("I;16B", (6, 1), GREY16.astype(">u2").tobytes()).save(p), "I;16B"),
+        # PIL opens 16-bit PGM/PPM as mode I (32-bit integers), values 0..65535.
+        ("grey16.pgm", lambda p: Image.fromarray(GREY16).save(p), "I"),
+    ],
+)
+def test_16_bit_images_are_scaled_not_clipped(tmp_path, name, write, mode):
+    path = tmp_path / name
+    write(path)
+    with Image.open(path) as image:
+        assert image.mode == mode
+        assert np.asarray(image.convert("RGB"))[0, :, 0].tolist() == [0, 255, 255, 255, 255, 255]  # PIL clips
+    rgb = _channels(open_rgb(path))
+    assert rgb[0, :, 0].tolist() == GREY16_AS_8 and (rgb == rgb[..., :1]).all()  # grey in all three channels
+
+
+def test_16_bit_gradient_keeps_its_order_and_spread(tmp_path):
+    ramp = np.linspace(0, 61420, 1000).round().astype(np.uint16).reshape(10, 100)
+    Image.fromarray(ramp).save(tmp_path / "ramp.png")
+    grey = _channels(open_rgb(tmp_path / "ramp.png"))[..., 0].ravel().astype(int)
+    assert (np.diff(grey) >= 0).all() and grey[0] == 0 and grey[-1] == 239
+    assert len(np.unique(grey)) == 240  # every 8-bit level from 0 to 239 is used: the spread survives
+    assert np.abs(grey - ramp.ravel() / 257).max() <= 0.5
+
+
+def test_pgm_with_a_small_maxval_is_read_by_value(tmp_path):
+    # maxval 4095 (12-bit): PIL rescales the values to 0..65535 and opens the file as mode I.
+    path = tmp_path / "grey12.pgm"
+    path.write_bytes(b"P5 3 1 4095\n" + np.array([0, 2048, 4095], dtype=">u2").tobytes())
+    assert _channels(open_rgb(path))[0, :, 0].tolist() == [0, 128, 255]
+
+
+def test_8_bit_modes_convert_as_pil_does(tmp_path):
+    palette = Image.new("P", (2, 1))
+    palette.putpalette([10, 20, 30, 200, 150, 100])
+    palette.putpixel((1, 0), 1)
+    palette.save(tmp_path / "palette.png", transparency=0)  # the transparent entry keeps its colour
+    Image.new("RGBA", (2, 1), (200, 100, 50, 0)).save(tmp_path / "rgba.png")
+    Image.new("LA", (2, 1), (100, 0)).save(tmp_path / "la.png")
+    Image.new("1", (2, 1), 1).save(tmp_path / "bilevel.png")
+    Image.new("CMYK", (2, 1), (0, 255, 255, 0)).save(tmp_path / "cmyk.jpg", quality=100)
+    read = {name: _channels(open_rgb(tmp_path / name))[0].tolist() for name in
+            ("palette.png", "rgba.png", "la.png", "bilevel.png")}  # fmt: skip
+    assert read["palette.png"] == [[10, 20, 30], [200, 150, 100]]
+    assert read["rgba.png"] == [[200, 100, 50]] * 2  # alpha dropped, not composited (PIL's and the processor's rule)
+    assert read["la.png"] == [[100, 100, 100]] * 2
+    assert read["bilevel.png"] == [[255, 255, 255]] * 2
+    with Image.open(tmp_path / "cmyk.jpg") as cmyk:
+        assert cmyk.mode == "CMYK"
+        expected = np.asarray(cmyk.convert("RGB"))
+    rgb = _channels(open_rgb(tmp_path / "cmyk.jpg"))
+    assert np.array_equal(rgb, expected) and (rgb[0, 0] >= [250, 0, 0]).all() and (rgb[0, 0] <= [255, 5, 5]).all()
+    # Premultiplied La, which PIL cannot take straight to RGB, goes through LA.
+    assert _channels(to_rgb(Image.new("La", (1, 1), (100, 255)), "la"))[0, 0].tolist() == [100, 100, 100]
+    rgb_file = tmp_path / "rgb.png"
+    Image.new("RGB", (1, 1), (1, 2, 3)).save(rgb_file)
+    assert _channels(open_rgb(rgb_file))[0, 0].tolist() == [1, 2, 3]
+
+
+def test_unreadable_modes_are_refused_in_one_line_naming_file_and_mode(tmp_path):
+    Image.fromarray(np.array([[0.0, 0.5, 1.0]], dtype=np.float32)).save(tmp_path / "depth.tif")
+    Image.fromarray(np.array([[0, 7, 300]], dtype=np.int32)).save(tmp_path / "labels.tif")
+    with pytest.raises(UsageError) as err:
+        open_rgb(tmp_path / "depth.tif")
+    assert str(err.value) == (
+        f"{tmp_path / 'depth.tif'}: image mode F (32-bit float) has no single 8-bit reading; "
+        "save it as an 8- or 16-bit image"
+    )
+    with pytest.raises(UsageError, match=r"labels\.tif: image mode I with 32 bits per sample \(TIFF\)") as err:
+        open_rgb(tmp_path / "labels.tif")
+    assert "\n" not in str(err.value)
+    with pytest.raises(UsageError, match=r"^grid: image mode I holds values -5\.\.70000, outside the 16-bit range"):
+        to_rgb(Image.fromarray(np.array([[-5, 0, 70000]], dtype=np.int32)), "grid")
+
+
+@pytest.mark.parametrize(("mode", "dtype"), [("I;16", "<u2"), ("I;16B", ">u2"), ("I;16L", "<u2"), ("I;16N", "=u2")])
+def test_every_16_bit_mode(mode, dtype):
+    image = Image.frombytes(mode, (6, 1), GREY16.astype(dtype).tobytes())
+    assert _channels(to_rgb(image, "in memory"))[0, :, 0].tolist() == GREY16_AS_8
+
+
+def _to_16_bit(path: Path) -> np.ndarray:
+    """Rewrite the photo at `path` (keeping its name: PIL reads the content) as a 16-bit grey PNG; its 8-bit RGB
+    reading by value."""
+    grey16 = np.asarray(Image.open(path).convert("L")).astype(np.uint16) * 241  # 0..61,455
+    Image.fromarray(grey16).save(path, format="PNG")
+    with Image.open(path) as image:
+        assert image.mode == "I;16"
+        assert (np.asarray(image.convert("RGB")) == 255).mean() > 0.95  # what PIL's own conversion gave before
+    return np.repeat(((grey16.astype(np.int64) + 128) // 257).astype(np.uint8)[..., None], 3, axis=2)
+
+
+def test_prepare_and_training_read_a_16_bit_png_by_value(copy_sample, micro_tokenizer, tmp_path):
+    from rewards._bind import _log_rollout_columns
+    from samtok_rl.configs import SamtokScriptArguments
+    from samtok_rl.loading import load_dataset
+
+    coffee = copy_sample / "images" / "coffee.jpg"
+    expected = _to_16_bit(coffee)
+    refs, instances = _refs(copy_sample)
+    source = read_grefcoco(refs, instances, copy_sample / "images")
+    source = source.select([i for i, p in enumerate(source["image"]) if p == str(coffee)])  # its 2 rows
+    ds = prepare(source, "gres", tmp_path / "out", lambda: micro_tokenizer, progress=False)
+    white = np.full_like(expected, 255)
+    for row in ds:
+        masks = np.stack([decode_rle(m) for m in row["gt_masks"]])
+        assert row["gt_codes"] == micro_tokenizer.encode(expected, masks).tolist()
+        assert row["gt_codes"] != micro_tokenizer.encode(white, masks).tolist()
+    # Training: the policy's processor and the rewards get the same 8-bit pixels, and the rollout log the path.
+    rows = load_dataset(SamtokScriptArguments(dataset=str(tmp_path / "out")))
+    image = rows[0]["image"]
+    assert image.mode == "RGB" and np.array_equal(np.asarray(image), expected)
+    logged = {}
+    _log_rollout_columns(logged.__setitem__, ["text"], {"image": [image]})
+    assert logged["samtok_image"] == [str(coffee)]
+    assert rows.select_columns(["prompt"])[0].keys() == {"prompt"}  # a column selection without images still reads
+    # The mask tokenizer's own image helper reads PIL images the same way.
+    masks = np.stack([decode_rle(m) for m in ds[0]["gt_masks"]])
+    with Image.open(coffee) as grey16:
+        assert micro_tokenizer.encode(grey16, masks).tolist() == ds[0]["gt_codes"]
+
+
+@pytest.mark.parametrize(
+    ("array", "message"),
+    [
+        (np.zeros((300, 451), np.float32), "image mode F (32-bit float) has no single 8-bit reading"),
+        (np.zeros((300, 451), np.int32), "image mode I with 32 bits per sample (TIFF) has no single 8-bit reading"),
+    ],
+)
+def test_prepare_refuses_an_unreadable_mode_before_any_work(copy_sample, tmp_path, capsys, array, message):
+    from samtok_rl import cli
+
+    chelsea = copy_sample / "images" / "chelsea.jpg"
+    Image.fromarray(array).save(chelsea, format="TIFF")
+    refs, instances = _refs(copy_sample)
+    named = re.escape(f"{chelsea}: {message}")
+    with pytest.raises(DataError, match=rf"grefs\(unc\)\.json: ref #\d+ \(ref_id=\d+\): {named}"):
+        read_grefcoco(refs, instances, copy_sample / "images")
+    with pytest.warns(UserWarning, match="skipped 3 invalid row"):
+        assert str(chelsea) not in read_grefcoco(refs, instances, copy_sample / "images", skip_invalid=True)["image"]
+    # The command: exit status 2, one line, nothing written (the images are checked while the source is read).
+    argv = ["prepare", "--task", "gres", "--refs", str(refs), "--instances", str(instances), "--images",
+            str(copy_sample / "images"), "--mask_tokenizer", "micro", "--device", "cpu", "--no_progress",
+            "--output_dir", str(tmp_path / "out")]  # fmt: skip
+    capsys.readouterr()
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{chelsea}: {message}" in err
+    assert not (tmp_path / "out" / "data").exists()

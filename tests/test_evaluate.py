@@ -266,3 +266,29 @@ def test_eval_table_puts_the_papers_numbers_beside_a_released_checkpoint(tmp_pat
     table = paper_table(text)  # per split: ours, paper, diff for each metric
     assert table["val"] == ["79.00", "79.40", "-0.40", "74.20", "73.70", "0.50", "-", "81.50", "-"]
     assert table["testB"] == ["70.30", "71.30", "-1.00", "69.80", "69.80", "0.00", "72.50", "72.00", "0.50"]
+
+
+def test_eval_reads_a_16_bit_image_by_value(tmp_path, mask_tokenizer):
+    """The generator gets a 16-bit grey photo as 8-bit RGB scaled by value (value / 257), not clipped white."""
+    import shutil
+
+    root = tmp_path / "sample"
+    shutil.copytree(sample_paths().root, root)
+    horse = root / "images" / "horse.jpg"
+    grey16 = np.asarray(Image.open(horse).convert("L")).astype(np.uint16) * 241  # 0..61,455
+    Image.fromarray(grey16).save(horse, format="PNG")  # the file keeps its name: PIL reads the content
+    seen = []
+
+    class Recording(ReplayGenerator):
+        def generate(self, questions, images):
+            seen.extend(np.asarray(image) for image in images)
+            return ["<think>t</think><answer>No target.</answer>"] * len(questions)
+
+    (config,) = ev.make_parser().parse_args_and_config(
+        ["--task", "gres", "--model", "replay", "--output_dir", str(tmp_path / "out"), "--data", str(root),
+         "--split", "val", "--no_progress", *_mask_tokenizer_args()]
+    )  # fmt: skip
+    generator = Recording({}, ev.DEFAULT_MIN_PIXELS, ev.DEFAULT_MAX_PIXELS)
+    ev.evaluate(config, generator=generator, mask_tokenizer=mask_tokenizer)
+    expected = np.repeat(((grey16.astype(np.int64) + 128) // 257).astype(np.uint8)[..., None], 3, axis=2)
+    assert len(seen) == 4 and sum(np.array_equal(image, expected) for image in seen) == 1  # the val split's horse

@@ -9,6 +9,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from samtok_rl.errors import UsageError
+from samtok_rl.files import check_image_mode
 from samtok_rl.masks import merge_rles
 
 
@@ -62,7 +63,8 @@ def check_rle(rle, height: int, width: int, where: str) -> dict:
 
 
 class ImageSizes:
-    """Reads image sizes from file headers once per path, raising `DataError` for a missing or unreadable image."""
+    """Reads image sizes from file headers once per path, raising `DataError` for a missing or unreadable image, or
+    one whose mode samtok-rl refuses (`samtok_rl.files.check_image_mode`: found here, before any pixel is encoded)."""
 
     def __init__(self):
         self._sizes: dict[Path, tuple[int, int]] = {}
@@ -75,8 +77,11 @@ class ImageSizes:
             try:
                 with Image.open(path) as img:  # reads the header only
                     width, height = img.size
+                    check_image_mode(img, path)
             except OSError as err:
                 raise DataError(f"{where}: cannot read image {path}: {err}") from err
+            except UsageError as err:
+                raise DataError(f"{where}: {err}") from err
             self._sizes[path] = (height, width)
         return self._sizes[path]
 

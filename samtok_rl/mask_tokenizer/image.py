@@ -7,6 +7,8 @@ import hashlib
 import numpy as np
 from PIL import Image
 
+from samtok_rl.files import to_rgb
+
 
 ImageLike = np.ndarray | Image.Image  # (H, W, 3) uint8 array (grayscale/RGBA converted) or PIL image
 
@@ -15,9 +17,10 @@ _IMG_STD = (0.229, 0.224, 0.225)
 
 
 def _as_rgb(image: ImageLike) -> np.ndarray:
-    """`(H, W, 3)` uint8 RGB array from a PIL image or a uint8 array (grayscale, RGB or RGBA)."""
+    """`(H, W, 3)` uint8 RGB array from a PIL image (any mode `samtok_rl.files.to_rgb` reads, 16-bit by value) or a
+    uint8 array (grayscale, RGB or RGBA)."""
     if isinstance(image, Image.Image):
-        return np.asarray(image if image.mode == "RGB" else image.convert("RGB"))
+        return np.asarray(to_rgb(image, getattr(image, "filename", "") or f"a PIL image of mode {image.mode}"))
     if not isinstance(image, np.ndarray):
         raise TypeError(f"image must be a numpy array or a PIL image, got {type(image).__name__}")
     if image.dtype != np.uint8:
