@@ -16,10 +16,10 @@ from pathlib import Path
 from transformers.integrations import is_deepspeed_zero3_enabled
 
 import rewards
+from samtok_rl import mask_tokenizer
 from samtok_rl.errors import UsageError
 from samtok_rl.files import check_local_path
-from samtok_rl.mask_tokenizer import CHECKPOINT_NAME, MICRO
-from samtok_rl.prepare import PREPARED_FEATURES
+from samtok_rl.prepare import MANIFEST, PREPARED_FEATURES, prepared_tokenizer
 from samtok_rl.prompts import asks_to_think
 from samtok_rl.rollouts import ROLLOUTS_FILE, RUN_FILE
 from samtok_rl.run_dir import read_run, run_changes
@@ -162,14 +162,20 @@ def check_model_source(name: str | None) -> None:
         raise UsageError(f"model_name_or_path {name!r} is a folder without config.json: not a model checkpoint")
 
 
-def check_mask_tokenizer_files(name: str | None) -> None:
-    """A mask tokenizer named as a local path must be there now, not at the first decoded mask."""
-    if name is None or name == MICRO:
-        return
-    check_local_path(name, "mask_tokenizer")
-    path = Path(name).expanduser()
-    if path.is_dir() and not (path / CHECKPOINT_NAME).is_file():
-        raise UsageError(f"mask_tokenizer folder {name!r} has no {CHECKPOINT_NAME}")
+def check_mask_tokenizer_files(name: str | None, dataset: str | None = None) -> None:
+    """The recipe's mask tokenizer: its local files must be there now (`mask_tokenizer.check_mask_tokenizer_files`:
+    a folder with a non-empty `mask_tokenizer_256x2.pth`), not at the first decoded mask, and it must be the one the
+    prepared `dataset` was made with (its manifest records it): rewards compare the policy's codes, which the
+    recipe's tokenizer gives meaning to, with GT codes made by the recorded one. The recorded name is compared as
+    recorded (`same_mask_tokenizer`: the same name, or checkpoint files here with the same content)."""
+    mask_tokenizer.check_mask_tokenizer_files(name)
+    recorded = prepared_tokenizer(dataset) if dataset is not None and Path(dataset).is_dir() else None
+    if name is not None and recorded is not None and not mask_tokenizer.same_mask_tokenizer(recorded, name):
+        raise UsageError(
+            f"mask_tokenizer {name!r} is not the one dataset {dataset!r} was prepared with ({recorded!r}, recorded "
+            f"in its {MANIFEST}): the rewards would compare codes of two tokenizers; set mask_tokenizer: {recorded} "
+            "or prepare the dataset again with this one"
+        )
 
 
 RUN_LOGS = (ROLLOUTS_FILE, METRICS_FILE)
@@ -353,7 +359,7 @@ def check_recipe(script_args, training_args, model_args) -> None:
     """The recipe-level rules that need neither the data nor the model weights."""
     check_model_source(model_args.model_name_or_path)
     check_cpu_launch()
-    check_mask_tokenizer_files(script_args.mask_tokenizer)
+    check_mask_tokenizer_files(script_args.mask_tokenizer, script_args.dataset)
     if model_args.use_peft and training_args.beta > 0 and training_args.sync_ref_model:
         raise UsageError("sync_ref_model does not work with PEFT")
     check_training_values(training_args)

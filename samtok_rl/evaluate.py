@@ -38,7 +38,12 @@ from samtok_rl.errors import UsageError
 from samtok_rl.files import check_local_path, open_rgb, read_json_lines
 from samtok_rl.generation import HFGenerator, VLLMGenerator, resolve_backend
 from samtok_rl.logs import setup_logging
-from samtok_rl.mask_tokenizer import build_mask_tokenizer, check_mask_tokenizer_source, default_device
+from samtok_rl.mask_tokenizer import (
+    build_mask_tokenizer,
+    check_mask_tokenizer_files,
+    check_mask_tokenizer_source,
+    default_device,
+)
 from samtok_rl.masks import decode_rle, rle_from_mask
 from samtok_rl.metrics import (
     GCG_COLUMNS,
@@ -51,6 +56,7 @@ from samtok_rl.metrics import (
 )
 from samtok_rl.paper import paper_numbers, with_paper
 from samtok_rl.parsing import GRES_MAX_SPANS, clean_output, parse_gcg_output, parse_gres
+from samtok_rl.prepare import check_output_dir
 from samtok_rl.prompts import GCG_QUESTION, GRES_TEMPLATE, check_template, gcg_question, gres_question
 from samtok_rl.tiny import resolve_model_path
 from samtok_rl.tokens import missing_mask_tokens
@@ -330,6 +336,21 @@ def _settings(args, backend: str, max_new_tokens: int, data: Path) -> dict:
     }  # fmt: skip
 
 
+def check_inputs(args: EvalConfig, mask_tokenizer=None) -> None:
+    """What would otherwise fail after the data is read or the model is loaded, or with a traceback: an
+    `output_dir` that is a file, a model folder without `config.json` (its tokenizer would fail to load with a
+    sentencepiece error) and a mask tokenizer whose local files are missing or empty."""
+    check_output_dir(args.output_dir)
+    check_local_path(args.model, "model")
+    if Path(args.model).expanduser().is_dir() and not (Path(args.model).expanduser() / "config.json").is_file():
+        raise UsageError(f"model {args.model!r} is a folder without config.json: not a model checkpoint")
+    if mask_tokenizer is None:
+        # The model's own folder holds its mask tokenizer unless one is named: say which option to fix.
+        what = "model" if args.mask_tokenizer is None and args.checkpoint is None else "mask_tokenizer"
+        source = None if args.checkpoint else args.mask_tokenizer_source
+        check_mask_tokenizer_files(source, args.sam2_config, args.checkpoint, what=what)
+
+
 def evaluate(args: EvalConfig, generator=None, text_similarity=None, mask_tokenizer=None) -> dict:
     """Run the evaluation `args` describes and return the content of `metrics.json` (`samtok-rl eval` from Python).
 
@@ -346,6 +367,7 @@ def evaluate(args: EvalConfig, generator=None, text_similarity=None, mask_tokeni
         `dict`: `settings`, `splits` (metrics per split), `run` (`generated`, `resumed`, timings).
     """
 
+    check_inputs(args, mask_tokenizer)
     start = time.perf_counter()
     set_seed(args.seed)
     device = args.device or default_device()
@@ -571,6 +593,8 @@ class EvalConfig:
         if self.checkpoint is not None or self.sam2_config is not None:
             check_mask_tokenizer_source(self.mask_tokenizer, self.sam2_config, self.checkpoint)
         check_template(self.task, self.template)
+        if self.limit is not None and self.limit < 1:
+            raise UsageError(f"limit must be >= 1 (the first N samples of each split), got {self.limit}")
 
     @property
     def mask_tokenizer_source(self) -> str:

@@ -36,7 +36,7 @@ from samtok_rl.data.grefcoco import RLE
 from samtok_rl.errors import UsageError
 from samtok_rl.files import open_rgb, write_json_atomic
 from samtok_rl.logs import setup_logging
-from samtok_rl.mask_tokenizer import build_mask_tokenizer, check_mask_tokenizer_source
+from samtok_rl.mask_tokenizer import build_mask_tokenizer, check_mask_tokenizer_files, check_mask_tokenizer_source
 from samtok_rl.masks import decode_rle
 from samtok_rl.parsing import NO_TARGET, OBJ_REF_END, OBJ_REF_START
 from samtok_rl.prompts import GCG_QUESTION, GRES_TEMPLATE, check_template, conversation, gcg_question, gres_question
@@ -184,6 +184,27 @@ def read_source(
 # Sharded, resumable preparation.
 
 
+def check_output_dir(output_dir: str | Path) -> None:
+    """Refuse an `output_dir` that is a file, or lies under one, before any work (its first write would fail there).
+
+    Example:
+    >>> import tempfile; f = Path(tempfile.mkdtemp()) / "notes.txt"; _ = f.write_text("x")
+    >>> check_output_dir(f / "out")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    samtok_rl.errors.UsageError: output_dir '.../notes.txt/out' lies under the file '.../notes.txt', not in a folder
+    """
+    path = Path(output_dir).expanduser()
+    for above in (path, *path.parents):
+        if not above.exists():
+            continue
+        if above.is_dir():
+            return
+        if above == path:
+            raise UsageError(f"output_dir {str(output_dir)!r} is a file, not a folder")
+        raise UsageError(f"output_dir {str(output_dir)!r} lies under the file {str(above)!r}, not in a folder")
+
+
 def _fingerprint(source: datasets.Dataset, task: str, settings: dict) -> str:
     """Hash of the selected input rows and the settings, so a resume never mixes shards of different inputs."""
     h = hashlib.sha256(json.dumps({"task": task, "settings": settings}, sort_keys=True).encode())
@@ -311,6 +332,7 @@ def prepare(
             f"nothing to prepare: the {task} source selected 0 rows (check split, num_images, skip_invalid)"
         )
     check_template(task, template)
+    check_output_dir(output_dir)
     out = Path(output_dir)
     if not (out / MANIFEST).is_file() and any(out.rglob("*.parquet")):
         raise UsageError(
@@ -493,6 +515,9 @@ class PrepareConfig:
         check_template(self.task, self.template)
         if self.num_images is not None and self.num_images < 1:
             raise UsageError(f"num_images must be >= 1, got {self.num_images}")
+        # Before the source is read (minutes for GranD-f): a bad output folder or mask tokenizer fails now.
+        check_output_dir(self.output_dir)
+        check_mask_tokenizer_files(self.mask_tokenizer, self.sam2_config, self.checkpoint)
 
     @property
     def mask_tokenizer_id(self) -> str:

@@ -442,3 +442,138 @@ def test_a_reward_returning_none_for_other_rows_still_trains(tmp_path, datasets_
     argv = [*TRAIN, "--output_dir", str(out), "--dataset", datasets_dir["gres"], "--reward_preset", "gres",
             "--reward_funcs", f"{Path(__file__).resolve()}:none_half_reward", "--max_steps", "1"]  # fmt: skip
     assert grpo.main(argv).state.global_step == 1
+
+
+# -- output folders, mask-tokenizer files, model folders, limits: refused before any work ------------------------------
+
+
+def _prepare_argv(out, *args) -> list[str]:
+    return ["prepare", "--task", "gres", "--sample", "--split", "val", "--device", "cpu", "--no_progress",
+            "--output_dir", str(out), *args]  # fmt: skip
+
+
+def _eval_argv(out, *args, model="tiny:qwen2_5_vl") -> list[str]:
+    return ["eval", "--task", "gres", "--sample", "--model", model, "--device", "cpu", "--no_progress",
+            "--output_dir", str(out), *args]  # fmt: skip
+
+
+def _train_argv(out, *args) -> list[str]:
+    return ["train", "--dataset", "sample:gres", "--reward_preset", "gres", "--use_cpu", "--model_name_or_path",
+            "tiny:qwen2_5_vl", "--output_dir", str(out), "--dry_run", *args]  # fmt: skip
+
+
+@pytest.mark.parametrize("command", ["prepare", "eval"])
+@pytest.mark.parametrize("under", [False, True])
+def test_an_output_dir_that_is_a_file_is_refused_and_left_alone(tmp_path, capsys, command, under):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("mine\n")
+    out = notes / "run" if under else notes
+    argv = _prepare_argv if command == "prepare" else _eval_argv
+    err = one_line_error(capsys, argv(out, "--mask_tokenizer", "micro"))
+    if under:
+        assert f"output_dir '{out}' lies under the file '{notes}', not in a folder" in err
+    else:
+        assert f"output_dir '{notes}' is a file, not a folder" in err
+    assert notes.read_text() == "mine\n"
+
+
+@pytest.mark.parametrize("command", ["prepare", "eval", "train"])
+def test_a_mask_tokenizer_folder_without_its_weights(tmp_path, capsys, command):
+    folder = tmp_path / "samtok"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")  # a model folder, but no mask_tokenizer_256x2.pth
+    argv = {"prepare": _prepare_argv, "eval": _eval_argv, "train": _train_argv}[command]
+    err = one_line_error(capsys, argv(tmp_path / "o", "--mask_tokenizer", str(folder)))
+    assert f"mask_tokenizer folder '{folder}' has no mask_tokenizer_256x2.pth" in err
+    assert not (tmp_path / "o").exists()  # refused before anything was written
+
+
+def test_eval_of_a_model_folder_without_the_mask_tokenizer_names_the_model(tmp_path, capsys):
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    err = one_line_error(capsys, _eval_argv(tmp_path / "o", model=str(model)))
+    assert f"model folder '{model}' has no mask_tokenizer_256x2.pth" in err
+
+
+@pytest.mark.parametrize("command", ["prepare", "eval", "train"])
+@pytest.mark.parametrize("named", ["folder", "file"])
+def test_an_empty_mask_tokenizer_checkpoint_is_refused_before_any_work(tmp_path, capsys, command, named):
+    """A 0-byte checkpoint (an interrupted copy) passed `train --dry_run` and failed at the first decoded span."""
+    folder = tmp_path / "samtok"
+    folder.mkdir()
+    weights = folder / "mask_tokenizer_256x2.pth"
+    weights.write_bytes(b"")
+    argv = {"prepare": _prepare_argv, "eval": _eval_argv, "train": _train_argv}[command]
+    name = folder if named == "folder" else weights
+    err = one_line_error(capsys, argv(tmp_path / "o", "--mask_tokenizer", str(name)))
+    assert f"mask_tokenizer checkpoint '{weights}' is empty (0 bytes)" in err
+
+
+def test_an_empty_checkpoint_of_a_sam2_config_pair_is_refused_at_once(tmp_path, capsys):
+    weights = tmp_path / "w.pth"
+    weights.write_bytes(b"")
+    err = one_line_error(capsys, _prepare_argv(tmp_path / "o", "--sam2_config", "sam2_micro.yaml", "--checkpoint",
+                                               str(weights)))  # fmt: skip
+    assert f"mask tokenizer checkpoint '{weights}' is empty (0 bytes)" in err
+
+
+@pytest.fixture
+def prepared_with(tmp_path, datasets_dir):
+    """`prepared_with(name)`: the prepared GRES sample in a folder whose manifest records mask tokenizer `name`."""
+
+    def make(name: str) -> Path:
+        dataset = prepare.load_prepared(datasets_dir["gres"])
+        return prepare.write_prepared(dataset, tmp_path / "data", "gres", {"tokenizer": name})
+
+    return make
+
+
+def _weights_folder(tmp_path, name: str, content: bytes) -> Path:
+    folder = tmp_path / name
+    folder.mkdir()
+    (folder / "mask_tokenizer_256x2.pth").write_bytes(content)
+    return folder
+
+
+def test_training_with_another_mask_tokenizer_than_the_dataset_was_prepared_with(tmp_path, capsys, prepared_with):
+    data = prepared_with("zhouyik/Qwen3-VL-8B-SAMTok")
+    base = ["train", "--dataset", str(data), "--reward_preset", "gres", "--use_cpu", "--model_name_or_path",
+            "tiny:qwen2_5_vl", "--output_dir", str(tmp_path / "o"), "--dry_run"]  # fmt: skip
+    err = one_line_error(capsys, [*base, "--mask_tokenizer", "micro"])
+    assert (
+        f"mask_tokenizer 'micro' is not the one dataset '{data}' was prepared with ('zhouyik/Qwen3-VL-8B-SAMTok', "
+        "recorded in its manifest.json)" in err
+    )
+    # Without a mask tokenizer in the recipe there is nothing to compare; the recorded name itself passes.
+    assert cli.main(base) == 0
+    assert (
+        cli.main([*base, "--mask_tokenizer", "zhouyik/Qwen3-VL-8B-SAMTok", "--reward_funcs", "mask_iou_reward"]) == 0
+    )
+
+
+def test_a_mask_tokenizer_named_differently_but_the_same_file_is_accepted(tmp_path, capsys, prepared_with):
+    """A folder and its checkpoint file, or two copies with the same bytes, are the same tokenizer; other bytes
+    are not."""
+    first = _weights_folder(tmp_path, "a", b"weights-1")
+    data = prepared_with(str(first))
+    base = ["train", "--dataset", str(data), "--reward_preset", "gres", "--use_cpu", "--model_name_or_path",
+            "tiny:qwen2_5_vl", "--output_dir", str(tmp_path / "o"), "--dry_run", "--mask_tokenizer"]  # fmt: skip
+    assert cli.main([*base, str(first / "mask_tokenizer_256x2.pth")]) == 0
+    assert cli.main([*base, str(_weights_folder(tmp_path, "copy", b"weights-1"))]) == 0
+    other = _weights_folder(tmp_path, "other", b"weights-2")
+    assert f"mask_tokenizer '{other}' is not the one dataset" in one_line_error(capsys, [*base, str(other)])
+
+
+def test_eval_of_a_model_folder_without_config_json(tmp_path, capsys):
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "tokenizer_config.json").write_text("{}")  # a tokenizer alone ended in a sentencepiece traceback
+    err = one_line_error(capsys, _eval_argv(tmp_path / "o", "--mask_tokenizer", "micro", model=str(model)))
+    assert f"model '{model}' is a folder without config.json: not a model checkpoint" in err
+
+
+@pytest.mark.parametrize("limit", ["-2", "0"])
+def test_eval_with_a_limit_below_one_names_the_flag(tmp_path, capsys, limit):
+    err = one_line_error(capsys, _eval_argv(tmp_path / "o", "--mask_tokenizer", "micro", "--limit", limit))
+    assert f"limit must be >= 1 (the first N samples of each split), got {limit}" in err

@@ -104,11 +104,11 @@ def test_a_resume_that_changes_the_run_is_refused_unless_accepted(tmp_path, data
     grpo.main([*argv, "--max_steps", "1"])
     before = files_state(out)
     changed = [*argv, "--max_steps", "2", "--resume_from_checkpoint", str(out / "checkpoint-1"),
-               "--num_generations", "4", "--reward_funcs", "mask_iou_reward", "--mask_tokenizer", "micro"]  # fmt: skip
+               "--num_generations", "4", "--reward_funcs", "rewards.examples.length_penalty.length_penalty_reward"]  # fmt: skip
     with pytest.raises(UsageError) as err:
         grpo.main(changed)
     message = str(err.value)
-    assert "would change the run: rewards [" in message and "mask_iou_reward" in message
+    assert "would change the run: rewards [" in message and "length_penalty_reward" in message
     assert "num_generations 2 -> 4" in message and "--accept_resume_changes" in message
     assert files_state(out) == before
     grpo.main([*changed, "--accept_resume_changes"])

@@ -23,7 +23,14 @@ configs), `tokenizer` (`MaskTokenizer`), `micro` (the seeded random micro tokeni
 (`build_mask_tokenizer`: micro, a folder, a Hub id or a YAML + checkpoint pair, and the device rule).
 """
 
-from samtok_rl.mask_tokenizer.build import MICRO, build_mask_tokenizer, check_mask_tokenizer_source, default_device
+from samtok_rl.mask_tokenizer.build import (
+    MICRO,
+    build_mask_tokenizer,
+    check_mask_tokenizer_files,
+    check_mask_tokenizer_source,
+    default_device,
+    same_mask_tokenizer,
+)
 from samtok_rl.mask_tokenizer.checkpoint import (
     CHECKPOINT_NAME,
     DEFAULT_SAM2_CONFIG,
@@ -48,7 +55,9 @@ __all__ = [
     "VQCodebook",
     "build_mask_tokenizer",
     "build_micro_mask_tokenizer",
+    "check_mask_tokenizer_files",
     "check_mask_tokenizer_source",
     "default_device",
     "resize_image",
+    "same_mask_tokenizer",
 ]
