@@ -577,3 +577,23 @@ def test_eval_of_a_model_folder_without_config_json(tmp_path, capsys):
 def test_eval_with_a_limit_below_one_names_the_flag(tmp_path, capsys, limit):
     err = one_line_error(capsys, _eval_argv(tmp_path / "o", "--mask_tokenizer", "micro", "--limit", limit))
     assert f"limit must be >= 1 (the first N samples of each split), got {limit}" in err
+
+
+def test_inspect_leaves_out_a_rollout_record_without_prompt_index(tmp_path, caplog):
+    """Such a line ended in a KeyError; it is now reported, with file and line, as inspect reports a torn line."""
+    from samtok_rl.data import sample_paths
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "samtok_run.json").write_text(json.dumps({"mask_tokenizer": "micro", "rewards": ["format_reward"]}))
+    image = str(sample_paths().images / "horse.jpg")
+    record = {"step": 1, "prompt_index": 0, "prompt": "q", "image": image, "task": "gres", "completion": "<answer>"
+              "No target.</answer>", "codes": [], "rewards": {"format_reward": 1.0}, "reward": 1.0,
+              "advantage": 0.0, "solution": "No target.", "gt_masks": []}  # fmt: skip
+    stray = {k: v for k, v in record.items() if k != "prompt_index"}
+    rollouts = run / "rollouts.jsonl"
+    rollouts.write_text("".join(json.dumps(r) + "\n" for r in (record, stray, record)))
+    assert cli.main(["inspect", str(run)]) == 0
+    assert f"{rollouts}: line(s) 2 are not JSON records with 'prompt_index' and are left out" in caplog.text
+    assert "step 1 · prompt 0" in (run / "report" / "index.html").read_text()  # the others are shown
+    assert rollouts.read_text().count("\n") == 3  # the run's file is not changed

@@ -37,11 +37,13 @@ DECODE_GROUPS = 16  # groups per decode_batch call: a few images' features and m
 BLOB_SHARE = 0.5  # a mask covering more than this share of the image is flagged ("one blob covering the image")
 
 
-def _jsonl(path: Path) -> list[dict]:
-    """The JSON records of a file; a torn last line (a run killed mid-write) is left out with a warning."""
-    records, bad = read_json_lines(path)
+def _jsonl(path: Path, key: str | None = None) -> list[dict]:
+    """The JSON records of a file (with `key`: those holding it); a torn last line (a run killed mid-write), or an
+    object without `key` (written by something else), is left out with a warning naming the file and its line."""
+    records, bad = read_json_lines(path, key=key)
     if bad:
-        logger.warning("%s: line(s) %s are not JSON and are left out", path, ", ".join(str(k) for k, _ in bad))
+        what = "JSON" if key is None else f"JSON records with {key!r}"
+        logger.warning("%s: line(s) %s are not %s and are left out", path, ", ".join(str(k) for k, _ in bad), what)
     return records
 
 
@@ -57,7 +59,7 @@ def read_rollouts(path: Path) -> dict[int, list[dict]]:
     """`rollouts.jsonl` by step. A step written again (a run resumed before it) keeps its latest records only."""
     steps: dict[int, list[dict]] = {}
     previous = None
-    for record in _jsonl(path):
+    for record in _jsonl(path, key="prompt_index"):  # the report groups a step's records by it
         step = record.get("step")
         if step != previous and step in steps:
             steps[step] = []  # a later append of the same step replaces the earlier one
