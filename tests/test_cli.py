@@ -62,3 +62,79 @@ def test_train_help_all_lists_trls_fields(capsys):
     with pytest.raises(SystemExit):
         grpo.parse_args(["--help_all"])
     assert "--learning_rate" in capsys.readouterr().out
+
+
+# -- what the user got wrong is one line, exit status 2, before any work ------------------------------------------------
+
+TRAIN = ["train", "--dataset", "sample:gres", "--reward_preset", "gres", "--mask_tokenizer", "micro", "--use_cpu",
+         "--model_name_or_path", "tiny:qwen2_5_vl", "--dry_run"]  # fmt: skip
+
+
+def one_line_error(capsys, argv) -> str:
+    """Run `samtok-rl <argv>`: exit status 2 and one line on stderr, which is returned."""
+    capsys.readouterr()
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    return err
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [("dataset: sample:gres\nnum_generation: 4\n",
+      "{path}: unknown key 'num_generation' (did you mean num_generations?): not a field of this command"),
+     ("dataset: sample:gres\nnum_generation: 4\nlearnin_rate: 1.0\nzzz: 1\n",
+      "{path}: unknown keys 'num_generation' (did you mean num_generations?); 'learnin_rate' (did you mean "
+      "learning_rate?); 'zzz': not a field of this command"),
+     ("- dataset: sample:gres\n- beta: 0.0\n", "{path}: the top level must be a mapping of field: value, got a list"),
+     ("", "{path}: the top level must be a mapping of field: value, got nothing"),
+     ("dataset: [sample:gres\nbeta: 0.0\n", "{path}, line 2, column 5: YAML syntax error: expected ',' or ']', but "
+      "got ':'"),
+     ("dataset: sample:gres\nreward_preset: gres\n  beta: 0.0\n",
+      "{path}, line 3, column 7: YAML syntax error: mapping values are not allowed here"),
+     ("env: [A, B]\n", "{path}: `env` must be a mapping of VARIABLE: value")],
+    ids=["misspelled-key", "three-unknown-keys", "list", "empty", "unclosed-bracket", "bad-indent", "env-list"],
+)  # fmt: skip
+def test_a_bad_config_file_is_named_in_one_line(tmp_path, capsys, text, message):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(text)
+    err = one_line_error(capsys, ["train", "--config", str(recipe), "--output_dir", str(tmp_path / "run")])
+    assert err == f"samtok-rl train: error: {message.format(path=recipe)}\n"
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("command", ["prepare", "eval", "inspect"])
+def test_every_command_reads_its_config_file_the_same_way(tmp_path, capsys, command):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("task: gres\nsampel: true\n")
+    err = one_line_error(capsys, [command, "--config", str(recipe)])
+    assert f"error: {recipe}: unknown key" in err and "not a field of this command" in err
+    if command != "inspect":  # inspect has neither `task` nor a `sample` to suggest
+        assert f"error: {recipe}: unknown key 'sampel' (did you mean sample?)" in err
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [(["--config", "{tmp}/no/such.yaml"], "--config '{tmp}/no/such.yaml': no such file"),
+     (["--config", "{tmp}"], "--config '{tmp}': is a folder"),
+     (["--config"], "--config needs a file: --config FILE.yaml"),
+     (["--dataset", "sample:gres", "--num_generatoins", "4"],
+      "unknown flag --num_generatoins (did you mean --num_generations?)"),
+     (["--dataset", "sample:gres", "--bogus", "3", "--zzz"], "unknown flags --bogus, --zzz"),
+     (["--num_generations", "four"], "argument --num_generations/--num-generations: invalid int value: 'four'"),
+     (["--num_generation", "4"],
+      "ambiguous option: --num_generation could match --num_generations, --num_generations_eval")],
+    ids=["missing-file", "folder", "no-file", "misspelled-flag", "unknown-flags", "bad-int", "ambiguous-flag"],
+)  # fmt: skip
+def test_a_bad_config_path_or_flag_is_named_in_one_line(tmp_path, capsys, args, message):
+    args = [arg.format(tmp=tmp_path) for arg in args]
+    err = one_line_error(capsys, ["train", *args, "--output_dir", str(tmp_path / "run")])
+    assert err == f"samtok-rl train: error: {message.format(tmp=tmp_path)}\n"
+    assert not (tmp_path / "run").exists()
+
+
+def test_config_equals_file_is_read_as_the_file(tmp_path, capsys):
+    """`--config=FILE` is the same as `--config FILE` (TRL looks for the separate form only)."""
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("sampel: true\n")
+    assert f"{recipe}: unknown key 'sampel'" in one_line_error(capsys, ["eval", f"--config={recipe}"])
