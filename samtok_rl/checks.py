@@ -9,6 +9,7 @@ from __future__ import annotations
 import inspect
 import json
 import logging
+import math
 import os
 import re
 from pathlib import Path
@@ -150,6 +151,48 @@ def check_training_values(training_args) -> None:
     for name, value, ok, rule in rules:
         if not ok:
             raise UsageError(f"{name} must be {rule}, got {value!r}")
+
+
+def check_generation_batch(values) -> None:
+    """`num_generations` and the generation batch it divides, checked on the parsed values before `GRPOConfig` is
+    built: its `__post_init__` refuses them in TRL's words, with a traceback, while the recipe is parsed.
+
+    Args:
+        values (`argparse.Namespace`): every field of the train parser (`grpo.make_parser`'s `check`).
+    """
+    generations = values.num_generations
+    if generations < 2:
+        raise UsageError(
+            f"num_generations must be >= 2, got {generations}: GRPO scores each completion against the others of "
+            "its prompt's group"
+        )
+    if values.generation_batch_size is not None and values.steps_per_generation is not None:
+        return  # TRL refuses setting both, in one line through the parser
+    processes = int(os.environ.get("WORLD_SIZE", "1"))
+    per_device = values.per_device_train_batch_size
+    if values.generation_batch_size is not None:
+        batch, how = values.generation_batch_size, "generation_batch_size"
+        fix = f"set generation_batch_size to a multiple of {math.lcm(generations, per_device * processes)}"
+    else:
+        steps = values.steps_per_generation or values.gradient_accumulation_steps
+        name = "steps_per_generation" if values.steps_per_generation else "gradient_accumulation_steps"
+        batch = per_device * processes * steps
+        how = f"per_device_train_batch_size {per_device} x {processes} process(es) x {name} {steps}"
+        step = generations // math.gcd(generations, processes * steps)
+        fix = f"set per_device_train_batch_size to a multiple of {step} (e.g. {-(-per_device // step) * step})"
+    if batch % generations:
+        raise UsageError(
+            f"the generation batch of {batch} completions ({how}) is not a multiple of num_generations "
+            f"{generations}: each prompt's group must be generated whole. {fix[0].upper()}{fix[1:]}, or "
+            f"num_generations to a divisor of {batch}"
+        )
+
+
+def check_max_train_samples(script_args) -> None:
+    """`max_train_samples` below 1 would select no row (pyarrow then fails deep in `datasets`)."""
+    value = script_args.max_train_samples
+    if value is not None and value < 1:
+        raise UsageError(f"max_train_samples must be >= 1 (or unset for every row), got {value}")
 
 
 def check_model_source(name: str | None) -> None:
@@ -363,6 +406,7 @@ def check_recipe(script_args, training_args, model_args) -> None:
     if model_args.use_peft and training_args.beta > 0 and training_args.sync_ref_model:
         raise UsageError("sync_ref_model does not work with PEFT")
     check_training_values(training_args)
+    check_max_train_samples(script_args)
     check_add_mask_tokens(script_args, training_args)
     check_dynamic_sampling(script_args, training_args)
     if training_args.use_vllm and not training_args.vllm_importance_sampling_correction:

@@ -25,6 +25,7 @@ import rewards
 from samtok_rl.checks import (
     RUN_LOGS,
     check_columns,
+    check_generation_batch,
     check_mask_tokens,
     check_prompt_format,
     check_recipe,
@@ -71,7 +72,8 @@ def make_parser(prog: str = PROG):
     >>> script_args.dataset, training_args.loss_type, model_args.use_peft
     ('sample:gres', 'dapo', False)
     """
-    return config_parser([SamtokScriptArguments, GRPOConfig, ModelConfig], prog=prog)
+    # GRPOConfig checks its batch arithmetic while it is built: samtok-rl says it first, naming the fix.
+    return config_parser([SamtokScriptArguments, GRPOConfig, ModelConfig], prog=prog, check=check_generation_batch)
 
 
 def short_help() -> str:

@@ -138,3 +138,32 @@ def test_config_equals_file_is_read_as_the_file(tmp_path, capsys):
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text("sampel: true\n")
     assert f"{recipe}: unknown key 'sampel'" in one_line_error(capsys, ["eval", f"--config={recipe}"])
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [(["--num_generations", "1"],
+      "num_generations must be >= 2, got 1: GRPO scores each completion against the others of its prompt's group"),
+     (["--per_device_train_batch_size", "3", "--num_generations", "2"],
+      "the generation batch of 3 completions (per_device_train_batch_size 3 x 1 process(es) x "
+      "gradient_accumulation_steps 1) is not a multiple of num_generations 2: each prompt's group must be generated "
+      "whole. Set per_device_train_batch_size to a multiple of 2 (e.g. 4), or num_generations to a divisor of 3"),
+     (["--per_device_train_batch_size", "2", "--steps_per_generation", "3", "--num_generations", "4"],
+      "the generation batch of 6 completions (per_device_train_batch_size 2 x 1 process(es) x steps_per_generation "
+      "3) is not a multiple of num_generations 4: each prompt's group must be generated whole. Set "
+      "per_device_train_batch_size to a multiple of 4 (e.g. 4), or num_generations to a divisor of 6"),
+     (["--per_device_train_batch_size", "2", "--generation_batch_size", "6", "--num_generations", "4"],
+      "the generation batch of 6 completions (generation_batch_size) is not a multiple of num_generations 4: each "
+      "prompt's group must be generated whole. Set generation_batch_size to a multiple of 4, or num_generations to a "
+      "divisor of 6"),
+     (["--generation_batch_size", "8", "--steps_per_generation", "2"],  # TRL's own check, in one line
+      "'generation_batch_size' and 'steps_per_generation' can not be both configured at the same time"),
+     (["--max_train_samples", "0"], "max_train_samples must be >= 1 (or unset for every row), got 0")],
+    ids=["one-generation", "batch-3-groups-of-2", "steps-per-generation", "generation-batch-size", "trl-both-set",
+         "no-samples"],
+)  # fmt: skip
+def test_batch_arithmetic_is_refused_before_trl_builds_its_config(tmp_path, capsys, monkeypatch, args, message):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    err = one_line_error(capsys, [*TRAIN, "--output_dir", str(tmp_path / "run"), *args])
+    assert err == f"samtok-rl train: error: {message}\n"
+    assert not (tmp_path / "run").exists()
