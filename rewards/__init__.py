@@ -122,13 +122,21 @@ def resolve(spec: str | Callable) -> Callable:
         module = importlib.util.module_from_spec(module_spec)
         sys.modules[module_name] = module
         module_spec.loader.exec_module(module)
-        return getattr(module, name)
+        return _callable(spec, getattr(module, name))
     if "." in spec:
         module_name, _, name = spec.rpartition(".")
-        return getattr(importlib.import_module(module_name), name)
+        return _callable(spec, getattr(importlib.import_module(module_name), name))
     raise UsageError(
         f"unknown reward {spec!r}; known: {', '.join(sorted(REWARDS))} (or give 'pkg.module.fn' or 'path/to/file.py:fn')"
     )
+
+
+def _callable(spec: str, obj):
+    """`obj` if it can score completions; else refuse it now, naming the spec (the column check's
+    `inspect.signature` would fail next with `TypeError: 3 is not a callable object`)."""
+    if not callable(obj):
+        raise UsageError(f"reward {spec!r} is {type(obj).__name__} {obj!r:.60}, not a function")
+    return obj
 
 
 def bind_tokenizer(reward: Callable, tokenizer) -> TokenizerBoundReward:
@@ -171,6 +179,8 @@ def get_reward_funcs(specs: list[str], mask_tokenizer=None, repetition_limit: in
     for spec in specs:
         try:
             func = resolve(spec)
+        except UsageError:
+            raise  # already names the spec
         except (ValueError, ImportError, AttributeError, FileNotFoundError) as err:
             raise UsageError(f"reward {spec!r} does not resolve: {err}") from err
         if isinstance(func, RepetitionReward):

@@ -167,3 +167,10 @@ def test_batch_arithmetic_is_refused_before_trl_builds_its_config(tmp_path, caps
     err = one_line_error(capsys, [*TRAIN, "--output_dir", str(tmp_path / "run"), *args])
     assert err == f"samtok-rl train: error: {message}\n"
     assert not (tmp_path / "run").exists()
+
+
+def test_a_reward_plugin_that_is_not_a_function(tmp_path, capsys):
+    plugin = tmp_path / "my_rewards.py"
+    plugin.write_text("NAME = 3\n")
+    err = one_line_error(capsys, [*TRAIN, "--output_dir", str(tmp_path / "run"), "--reward_funcs", f"{plugin}:NAME"])
+    assert err == f"samtok-rl train: error: reward '{plugin}:NAME' is int 3, not a function\n"
