@@ -6,6 +6,7 @@ checks, which need the processor). They all run in `--dry_run` too.
 
 from __future__ import annotations
 
+import importlib.util
 import inspect
 import json
 import logging
@@ -398,6 +399,21 @@ def check_dynamic_sampling(script_args, training_args) -> None:
         )
 
 
+def check_vllm_installed(training_args, dry_run: bool = False) -> None:
+    """`use_vllm` needs the `vllm` package: without it TRL fails while building the trainer, after the model loaded
+    (colocate: `AttributeError` on `vllm.LLM`; server: an `ImportError`). A `--dry_run` only warns: it checks a
+    recipe, often on a machine without the GPU stack (the shipped recipes, which use vLLM, dry-run on CPU)."""
+    if not training_args.use_vllm or importlib.util.find_spec("vllm") is not None:
+        return
+    message = (
+        f"use_vllm is true (vllm_mode {training_args.vllm_mode}) but vllm is not installed: "
+        'pip install -e ".[vllm]", or set use_vllm: false to generate with transformers'
+    )
+    if not dry_run:
+        raise UsageError(message)
+    logger.warning("%s (a dry run goes on; training would stop here)", message)
+
+
 def check_recipe(script_args, training_args, model_args) -> None:
     """The recipe-level rules that need neither the data nor the model weights."""
     check_model_source(model_args.model_name_or_path)
@@ -409,6 +425,7 @@ def check_recipe(script_args, training_args, model_args) -> None:
     check_max_train_samples(script_args)
     check_add_mask_tokens(script_args, training_args)
     check_dynamic_sampling(script_args, training_args)
+    check_vllm_installed(training_args, script_args.dry_run)
     if training_args.use_vllm and not training_args.vllm_importance_sampling_correction:
         # TRL computes (and logs) vLLM's logprob gap only for its importance-sampling correction.
         logger.warning(

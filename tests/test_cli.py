@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -174,3 +175,22 @@ def test_a_reward_plugin_that_is_not_a_function(tmp_path, capsys):
     plugin.write_text("NAME = 3\n")
     err = one_line_error(capsys, [*TRAIN, "--output_dir", str(tmp_path / "run"), "--reward_funcs", f"{plugin}:NAME"])
     assert err == f"samtok-rl train: error: reward '{plugin}:NAME' is int 3, not a function\n"
+
+
+@pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vllm is installed here")
+@pytest.mark.parametrize("mode", ["colocate", "server"])
+def test_use_vllm_without_vllm_installed(tmp_path, capsys, caplog, monkeypatch, mode):
+    """Refused before the model loads; a `--dry_run` (a recipe checked where vLLM is not installed) only warns."""
+    message = (
+        f"use_vllm is true (vllm_mode {mode}) but vllm is not installed: "
+        'pip install -e ".[vllm]", or set use_vllm: false to generate with transformers'
+    )
+    argv = [*TRAIN, "--output_dir", str(tmp_path / "run"), "--use_vllm", "true", "--vllm_mode", mode]
+    assert cli.main(argv) == 0
+    assert f"{message} (a dry run goes on; training would stop here)" in caplog.text
+
+    loads = []
+    monkeypatch.setattr(grpo, "load_processor", lambda *args: loads.append(args))
+    err = one_line_error(capsys, [arg for arg in argv if arg != "--dry_run"])
+    assert err == f"samtok-rl train: error: {message}\n"
+    assert not loads and not (tmp_path / "run").exists()
