@@ -1,4 +1,9 @@
-"""Pixel-IoU reward: decode the predicted spans with the mask tokenizer and match them to the GT masks (Hungarian)."""
+"""Pixel-IoU reward: decode the predicted spans with the mask tokenizer and match them to the GT masks (Hungarian).
+
+A completion decodes at most `span_cap(M)` of its spans (M: its GT masks): the first ones. The spans past the cap are
+not decoded and count as unmatched predictions, so the score stays sum of matched IoUs / max(N_pred, M) over all
+N_pred spans, and equals the uncapped score whenever a completion has at most `span_cap(M)` spans.
+"""
 
 from __future__ import annotations
 
@@ -14,15 +19,33 @@ from samtok_rl.masks import decode_rles
 from samtok_rl.parsing import parse_masks
 
 
-__all__ = ["MaskIoUReward", "get_mask_iou_reward", "matched_iou_score"]
+__all__ = ["MIN_SPAN_CAP", "MaskIoUReward", "get_mask_iou_reward", "matched_iou_score", "span_cap"]
+
+# Spans decoded per completion: at least this many, or twice the GT masks. A looping policy can write a thousand spans,
+# each a mask-decoder row (a 1,000-span completion took 40 s on CPU). Spans past the cap are counted, not decoded: the
+# score can only come out lower than the uncapped one (a later span might have matched better), never higher, so a
+# flood of spans is never rewarded.
+MIN_SPAN_CAP = 16
 
 
-def matched_iou_score(pred: np.ndarray, gt: np.ndarray) -> float:
+def span_cap(num_gt: int) -> int:
+    """The most spans of one completion the reward decodes: `max(MIN_SPAN_CAP, 2 * num_gt)`.
+
+    Example:
+    >>> span_cap(1), span_cap(12)
+    (16, 24)
+    """
+    return max(MIN_SPAN_CAP, 2 * num_gt)
+
+
+def matched_iou_score(pred: np.ndarray, gt: np.ndarray, undecoded: int = 0) -> float:
     """Hungarian matching on 1 - IoU; sum of matched IoUs / max(N_pred, N_GT). Both empty = 1.0, one empty = 0.0.
 
     Args:
         pred (`np.ndarray`): `(N, H, W)` bool predicted masks.
         gt (`np.ndarray`): `(M, H, W)` bool GT masks (same H, W).
+        undecoded (`int`, *optional*, defaults to `0`): predicted spans past the reward's cap, not decoded: they
+            match nothing and count in N_pred (`N_pred = N + undecoded`).
 
     Example:
     >>> gt = np.zeros((1, 4, 4), dtype=bool); gt[0, :2] = True
@@ -30,15 +53,16 @@ def matched_iou_score(pred: np.ndarray, gt: np.ndarray) -> float:
     >>> matched_iou_score(pred, gt)  # IoU 0.5 for the best match, over max(2, 1)
     0.25
     """
+    num_pred = len(pred) + undecoded
     if len(pred) == 0 or len(gt) == 0:
-        return 1.0 if len(pred) == len(gt) else 0.0
+        return 1.0 if num_pred == len(gt) else 0.0
     p = pred.reshape(len(pred), -1).astype(np.float32)
     g = gt.reshape(len(gt), -1).astype(np.float32)
     inter = p @ g.T  # (N, M)
     union = p.sum(1)[:, None] + g.sum(1)[None, :] - inter
     iou = np.clip(inter / (union + 1e-7), 0.0, 1.0)
     rows, cols = linear_sum_assignment(1.0 - iou)
-    return float(iou[rows, cols].sum()) / max(len(pred), len(gt))
+    return float(iou[rows, cols].sum()) / max(num_pred, len(gt))
 
 
 def _resize_nearest(masks: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -54,7 +78,10 @@ class MaskIoUReward:
 
     The predicted spans (answer part when present, else the full response; the codec's repair rules, so a span
     missing its second code decodes with code -1) are decoded in one `MaskTokenizer.decode_batch` call per reward
-    call, so the image encoder runs once per distinct image. Rows whose `gt_masks` is missing or `None` give `None`.
+    call, so the image encoder runs once per distinct image. A completion decodes at most its first
+    `span_cap(M) = max(16, 2 * M)` spans (M GT masks); each span past them is a prediction that matches nothing: the
+    score is sum of matched IoUs / max(N_pred, M) over all N_pred spans, the uncapped score whenever
+    N_pred <= span_cap(M). Rows whose `gt_masks` is missing or `None` give `None`.
     The tokenizer loads lazily on the process's own device, so the reward pickles without weights.
 
     Args:
@@ -120,14 +147,15 @@ class MaskIoUReward:
             if len(codes) == 0 or len(gt) == 0:
                 rewards[i] = 1.0 if len(codes) == len(gt) else 0.0
                 continue
-            todo.append((i, image[i] if image is not None else images[i][0], codes, gt))
+            cap = span_cap(len(gt))  # the first spans only; the rest count as unmatched (see the module doc)
+            todo.append((i, image[i] if image is not None else images[i][0], codes[:cap], gt, len(codes[cap:])))
         if todo:
             tokenizer = self.tokenizer()
-            decoded = tokenizer.decode_batch([(self._open(img, image_cache), codes) for _, img, codes, _ in todo])
-            for (i, _, _, gt), pred in zip(todo, decoded):
+            decoded = tokenizer.decode_batch([(self._open(img, image_cache), codes) for _, img, codes, _, _ in todo])
+            for (i, _, _, gt, undecoded), pred in zip(todo, decoded):
                 if pred.shape[1:] != gt.shape[1:]:
                     pred = _resize_nearest(pred, gt.shape[1:])
-                rewards[i] = matched_iou_score(pred, gt)
+                rewards[i] = matched_iou_score(pred, gt, undecoded)
         return rewards
 
     @staticmethod

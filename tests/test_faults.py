@@ -597,3 +597,35 @@ def test_inspect_leaves_out_a_rollout_record_without_prompt_index(tmp_path, capl
     assert f"{rollouts}: line(s) 2 are not JSON records with 'prompt_index' and are left out" in caplog.text
     assert "step 1 · prompt 0" in (run / "report" / "index.html").read_text()  # the others are shown
     assert rollouts.read_text().count("\n") == 3  # the run's file is not changed
+
+
+def test_the_iou_reward_decodes_at_most_span_cap_spans_of_a_flood():
+    """1,000 distinct spans against one GT mask: only the first `span_cap(1)` = 16 are decoded (counted by the real
+    micro tokenizer's decoder), the rest count as unmatched: score = best IoU of the first 16 / 1000."""
+    from rewards.iou import get_mask_iou_reward, matched_iou_score, span_cap
+    from samtok_rl.data import sample_paths
+    from samtok_rl.masks import rle_from_mask
+    from samtok_rl.tokens import format_mask
+
+    tokenizer = build_mask_tokenizer("micro", device="cpu")
+    image = np.asarray(Image.open(sample_paths().images / "horse.jpg").convert("RGB"))
+    gt = np.zeros((1, *image.shape[:2]), dtype=bool)
+    gt[0, 40:200, 60:300] = True
+    codes = np.array([[k % 256, k // 256] for k in range(1000)], dtype=np.int64)  # all distinct
+    text = "<think>t</think><answer>" + " ".join(format_mask(int(a), int(b)) for a, b in codes) + "</answer>"
+    reward = get_mask_iou_reward(tokenizer)
+    cap = span_cap(1)
+    assert cap == 16
+
+    before = tokenizer.decoder_passes
+    (score,) = reward(None, [text], gt_masks=[[rle_from_mask(gt[0])]], image=[image])
+    assert tokenizer.decoder_passes - before <= cap
+
+    first = tokenizer.decode(image, codes[:cap])
+    assert score == pytest.approx(matched_iou_score(first, gt) * cap / 1000)
+    assert score == pytest.approx(matched_iou_score(first, gt, undecoded=1000 - cap))
+    # At most `cap` spans: the capped score is the uncapped one.
+    short = "<answer>" + " ".join(format_mask(int(a), int(b)) for a, b in codes[:cap]) + "</answer>"
+    assert reward(None, [short], gt_masks=[[rle_from_mask(gt[0])]], image=[image]) == [
+        pytest.approx(matched_iou_score(first, gt))
+    ]
