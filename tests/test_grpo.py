@@ -99,14 +99,16 @@ def test_rejects_lora_embedding_rows_with_vllm():
 def test_recipe_parses_and_dry_runs(recipe, datasets_dir, tmp_path):
     config = yaml.safe_load(recipe.read_text())
     task = config["reward_preset"]
-    # Without a GPU, bf16 recipes only parse with use_cpu; the dataset is swapped for the prepared sample.
+    # Without a GPU, bf16 recipes only parse with use_cpu; a dataset that is not the bundled sample (prepared with the
+    # recipe's own mask tokenizer) is swapped for the sample prepared in the fixture.
+    dataset = config["dataset"] if config["dataset"].startswith("sample:") else datasets_dir[task]
     script_args, training_args, model_args = grpo.make_parser().parse_args_and_config(
         [
             "--config",
             str(recipe),
             "--dry_run",
             "--dataset",
-            datasets_dir[task],
+            dataset,
             "--use_cpu",
             "--output_dir",
             str(tmp_path),
