@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
+from samtok_rl.errors import UsageError
 from samtok_rl.prompts import conversation
 
 
@@ -160,7 +161,15 @@ class VLLMGenerator:
 
 
 def resolve_backend(backend: str, device: str) -> str:
-    """`auto` is vLLM when it is importable and the device is CUDA, else transformers."""
+    """`auto` is vLLM when it is importable and the device is CUDA, else transformers; `vllm` needs vLLM installed.
+
+    Example:
+    >>> resolve_backend("auto", "cpu")
+    'hf'
+    """
+    has_vllm = importlib.util.find_spec("vllm") is not None
+    if backend == "vllm" and not has_vllm:
+        raise UsageError('backend vllm: vllm is not installed: pip install -e ".[vllm]", or use --backend hf')
     if backend != "auto":
         return backend
-    return "vllm" if device.startswith("cuda") and importlib.util.find_spec("vllm") is not None else "hf"
+    return "vllm" if device.startswith("cuda") and has_vllm else "hf"

@@ -194,3 +194,13 @@ def test_use_vllm_without_vllm_installed(tmp_path, capsys, caplog, monkeypatch, 
     err = one_line_error(capsys, [arg for arg in argv if arg != "--dry_run"])
     assert err == f"samtok-rl train: error: {message}\n"
     assert not loads and not (tmp_path / "run").exists()
+
+
+@pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vLLM is installed here")
+def test_eval_with_the_vllm_backend_without_vllm_installed(tmp_path, capsys):
+    capsys.readouterr()
+    assert cli.main(["eval", "--model", "tiny:qwen2_5_vl", "--task", "gres", "--sample", "--backend", "vllm",
+                     "--mask_tokenizer", "micro", "--output_dir", str(tmp_path / "eval")]) == 2  # fmt: skip
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and 'backend vllm: vllm is not installed: pip install -e ".[vllm]"' in err, err
+    assert not (tmp_path / "eval").exists()
