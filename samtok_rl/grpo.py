@@ -217,6 +217,10 @@ def main(script_args=None, training_args=None, model_args=None):
         f"samtok-rl: {trainer.state.global_step} steps in {time.perf_counter() - start:.1f} s; "
         f"model saved to {training_args.output_dir}"
     )
+    # Destroy the process group before the interpreter exits: otherwise gloo's worker threads can be torn down during
+    # finalization and abort a finished run (seen once on a 2-process DeepSpeed CPU run: "terminate called without an
+    # active exception", SIGABRT after the model was saved; torch's docs ask every trainer process to do this).
+    trainer.accelerator.end_training()
     return trainer
 
 
