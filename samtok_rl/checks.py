@@ -296,8 +296,9 @@ def resolve_resume(training_args) -> str | None:
         skipped = checkpoints[: checkpoints.index(checkpoint)]
         if skipped:
             logger.warning(
-                "resume_from_checkpoint true: %s %s (a run killed while saving?); resuming from %s",
-                ", ".join(c.name for c in skipped), checkpoint_problem(skipped[0]), checkpoint.name,
+                "resume_from_checkpoint true: skipping the incomplete %s (a run killed while saving? %s %s); "
+                "resuming from %s",
+                ", ".join(c.name for c in skipped), skipped[0].name, checkpoint_problem(skipped[0]), checkpoint.name,
             )  # fmt: skip
     else:
         checkpoint = Path(str(value)).expanduser()
