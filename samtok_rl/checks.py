@@ -20,7 +20,7 @@ from transformers.integrations import is_deepspeed_zero3_enabled
 import rewards
 from samtok_rl import mask_tokenizer
 from samtok_rl.errors import UsageError
-from samtok_rl.files import check_local_path
+from samtok_rl.files import check_model_folder, check_output_dir
 from samtok_rl.prepare import MANIFEST, PREPARED_FEATURES, prepared_tokenizer
 from samtok_rl.prompts import asks_to_think
 from samtok_rl.rollouts import ROLLOUTS_FILE, RUN_FILE
@@ -200,10 +200,7 @@ def check_model_source(name: str | None) -> None:
     """A model named as a local folder must exist and hold a `config.json` (else it would be sent to the Hub)."""
     if name is None:
         raise UsageError("no model: set `model_name_or_path` (a SAMTok checkpoint folder or Hub id)")
-    check_local_path(name, "model_name_or_path")
-    path = Path(name).expanduser()
-    if path.is_dir() and not (path / "config.json").is_file():
-        raise UsageError(f"model_name_or_path {name!r} is a folder without config.json: not a model checkpoint")
+    check_model_folder(name, "model_name_or_path")
 
 
 def check_mask_tokenizer_files(name: str | None, dataset: str | None = None) -> None:
@@ -268,8 +265,7 @@ def resolve_resume(training_args) -> str | None:
     """
     value = training_args.resume_from_checkpoint
     out = Path(training_args.output_dir)
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"output_dir {str(out)!r} is a file, not a folder")
+    check_output_dir(out)
     checkpoints = _checkpoints(out) if out.is_dir() else []
     if value is None or str(value).lower() in ("false", "none", ""):
         held = []

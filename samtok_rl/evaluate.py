@@ -35,7 +35,7 @@ from transformers import AutoTokenizer, set_seed
 from samtok_rl.cli import config_parser, report_errors
 from samtok_rl.data import read_grandf_gcg_gt, read_grefcoco, sample_paths
 from samtok_rl.errors import UsageError
-from samtok_rl.files import check_local_path, open_rgb, read_json_lines
+from samtok_rl.files import check_local_path, check_model_folder, check_output_dir, open_rgb, read_json_lines
 from samtok_rl.generation import HFGenerator, VLLMGenerator, resolve_backend
 from samtok_rl.logs import setup_logging
 from samtok_rl.mask_tokenizer import (
@@ -56,7 +56,6 @@ from samtok_rl.metrics import (
 )
 from samtok_rl.paper import paper_numbers, with_paper
 from samtok_rl.parsing import GRES_MAX_SPANS, clean_output, parse_gcg_output, parse_gres
-from samtok_rl.prepare import check_output_dir
 from samtok_rl.prompts import GCG_QUESTION, GRES_TEMPLATE, check_template, gcg_question, gres_question
 from samtok_rl.tiny import resolve_model_path
 from samtok_rl.tokens import missing_mask_tokens
@@ -341,9 +340,7 @@ def check_inputs(args: EvalConfig, mask_tokenizer=None) -> None:
     `output_dir` that is a file, a model folder without `config.json` (its tokenizer would fail to load with a
     sentencepiece error) and a mask tokenizer whose local files are missing or empty."""
     check_output_dir(args.output_dir)
-    check_local_path(args.model, "model")
-    if Path(args.model).expanduser().is_dir() and not (Path(args.model).expanduser() / "config.json").is_file():
-        raise UsageError(f"model {args.model!r} is a folder without config.json: not a model checkpoint")
+    check_model_folder(args.model, "model")
     if mask_tokenizer is None:
         # The model's own folder holds its mask tokenizer unless one is named: say which option to fix.
         what = "model" if args.mask_tokenizer is None and args.checkpoint is None else "mask_tokenizer"

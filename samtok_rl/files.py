@@ -58,6 +58,36 @@ def check_local_path(name: str, what: str) -> None:
         raise UsageError(f"{what} {str(name)!r} does not exist (a local path; a Hub id looks like namespace/name)")
 
 
+def check_output_dir(output_dir: str | Path) -> None:
+    """Refuse an `output_dir` that is a file, or lies under one, before any work (its first write would fail there).
+
+    Example:
+    >>> import tempfile; f = Path(tempfile.mkdtemp()) / "notes.txt"; _ = f.write_text("x")
+    >>> check_output_dir(f / "out")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    samtok_rl.errors.UsageError: output_dir '.../notes.txt/out' lies under the file '.../notes.txt', not in a folder
+    """
+    path = Path(output_dir).expanduser()
+    for above in (path, *path.parents):
+        if not above.exists():
+            continue
+        if above.is_dir():
+            return
+        if above == path:
+            raise UsageError(f"output_dir {str(output_dir)!r} is a file, not a folder")
+        raise UsageError(f"output_dir {str(output_dir)!r} lies under the file {str(above)!r}, not in a folder")
+
+
+def check_model_folder(name: str, what: str) -> None:
+    """A model named as a local path must exist and, as a folder, hold a `config.json` (else loading it fails late,
+    in a tokenizer or Hub error)."""
+    check_local_path(name, what)
+    path = Path(name).expanduser()
+    if path.is_dir() and not (path / "config.json").is_file():
+        raise UsageError(f"{what} {name!r} is a folder without config.json: not a model checkpoint")
+
+
 def read_json_lines(path: Path, key: str | None = None) -> tuple[list[dict], list[tuple[int, str]]]:
     """The JSON-object lines of an append-only JSONL file, and the lines that are not (a torn write from an interrupted
     run, or damage) as `(line number, text)`, for the caller to report. Blank lines are skipped; with `key`, an object

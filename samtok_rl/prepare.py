@@ -34,7 +34,7 @@ from samtok_rl.cli import config_parser, report_errors
 from samtok_rl.data import DataError, read_grandf_gcg, read_grefcoco, sample_paths
 from samtok_rl.data.grefcoco import RLE
 from samtok_rl.errors import UsageError
-from samtok_rl.files import open_rgb, write_json_atomic
+from samtok_rl.files import check_output_dir, open_rgb, write_json_atomic
 from samtok_rl.logs import setup_logging
 from samtok_rl.mask_tokenizer import build_mask_tokenizer, check_mask_tokenizer_files, check_mask_tokenizer_source
 from samtok_rl.masks import decode_rle
@@ -182,27 +182,6 @@ def read_source(
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Sharded, resumable preparation.
-
-
-def check_output_dir(output_dir: str | Path) -> None:
-    """Refuse an `output_dir` that is a file, or lies under one, before any work (its first write would fail there).
-
-    Example:
-    >>> import tempfile; f = Path(tempfile.mkdtemp()) / "notes.txt"; _ = f.write_text("x")
-    >>> check_output_dir(f / "out")  # doctest: +ELLIPSIS
-    Traceback (most recent call last):
-    ...
-    samtok_rl.errors.UsageError: output_dir '.../notes.txt/out' lies under the file '.../notes.txt', not in a folder
-    """
-    path = Path(output_dir).expanduser()
-    for above in (path, *path.parents):
-        if not above.exists():
-            continue
-        if above.is_dir():
-            return
-        if above == path:
-            raise UsageError(f"output_dir {str(output_dir)!r} is a file, not a folder")
-        raise UsageError(f"output_dir {str(output_dir)!r} lies under the file {str(above)!r}, not in a folder")
 
 
 def _fingerprint(source: datasets.Dataset, task: str, settings: dict) -> str:

@@ -98,9 +98,7 @@ def run_changes(previous: dict, current: dict) -> list[str]:
     ['num_generations 2 -> 4']
     """
     return [
-        f"{key} {previous.get(key)!r} -> {current.get(key)!r}".replace("'", "")
-        if isinstance(previous.get(key), str) or isinstance(current.get(key), str)
-        else f"{key} {previous.get(key)} -> {current.get(key)}"
+        f"{key} {previous.get(key)} -> {current.get(key)}"
         for key in RUN_IDENTITY
         if previous.get(key) != current.get(key)
     ]

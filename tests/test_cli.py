@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from test_faults import one_line_error
 
 from samtok_rl import cli, evaluate, grpo, prepare
 from samtok_rl.masks import decode_rle
@@ -69,15 +70,6 @@ def test_train_help_all_lists_trls_fields(capsys):
 
 TRAIN = ["train", "--dataset", "sample:gres", "--reward_preset", "gres", "--mask_tokenizer", "micro", "--use_cpu",
          "--model_name_or_path", "tiny:qwen2_5_vl", "--dry_run"]  # fmt: skip
-
-
-def one_line_error(capsys, argv) -> str:
-    """Run `samtok-rl <argv>`: exit status 2 and one line on stderr, which is returned."""
-    capsys.readouterr()
-    assert cli.main(argv) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "Traceback" not in err, err
-    return err
 
 
 @pytest.mark.parametrize(
