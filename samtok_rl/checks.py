@@ -21,7 +21,7 @@ import rewards
 from samtok_rl import mask_tokenizer
 from samtok_rl.errors import UsageError
 from samtok_rl.files import check_model_folder, check_output_dir
-from samtok_rl.prepare import MANIFEST, PREPARED_FEATURES, prepared_tokenizer
+from samtok_rl.prepare import AUTHORS_MASK_TOKENIZER, MANIFEST, PREPARED_FEATURES, prepared_tokenizer
 from samtok_rl.prompts import asks_to_think
 from samtok_rl.rollouts import ROLLOUTS_FILE, RUN_FILE
 from samtok_rl.run_dir import read_run, run_changes
@@ -211,6 +211,8 @@ def check_mask_tokenizer_files(name: str | None, dataset: str | None = None) -> 
     recorded (`same_mask_tokenizer`: the same name, or checkpoint files here with the same content)."""
     mask_tokenizer.check_mask_tokenizer_files(name)
     recorded = prepared_tokenizer(dataset) if dataset is not None and Path(dataset).is_dir() else None
+    if dataset is not None and dataset.endswith(".parquet"):
+        recorded = AUTHORS_MASK_TOKENIZER  # `dataset: <file>.parquet` reads the authors' files, coded with theirs
     if name is not None and recorded is not None and not mask_tokenizer.same_mask_tokenizer(recorded, name):
         raise UsageError(
             f"mask_tokenizer {name!r} is not the one dataset {dataset!r} was prepared with ({recorded!r}, recorded "

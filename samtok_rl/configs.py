@@ -19,8 +19,16 @@ class SamtokScriptArguments:
     dataset: str | None = field(
         default=None,
         metadata={
-            "help": "A folder written by `samtok-rl prepare`, or `sample:gres` / `sample:gcg` to prepare the bundled "
-            "sample on the fly (with `mask_tokenizer`)."
+            "help": "A folder written by `samtok-rl prepare`, `sample:gres` / `sample:gcg` to prepare the bundled "
+            "sample on the fly (with `mask_tokenizer`), or an authors' RL parquet file (EasyR1 schema, e.g. "
+            "gres8k_train.parquet; converted once into the cache, with `image_root`)."
+        },
+    )
+    image_root: str | None = field(
+        default=None,
+        metadata={
+            "help": "With a `.parquet` dataset (the authors' RL files): the folder where rows without image bytes "
+            "find their image by file name (COCO train2014 for gres8k_train.parquet)."
         },
     )
     reward_preset: str | None = field(

@@ -52,7 +52,7 @@ RECIPE_KEYS = {"dataset": "dataset", "model_name_or_path": "model", "reward_pres
                "repetition_limit": "repetition_limit", "num_generations": "num_generations",
                "temperature": "temperature", "top_p": "top_p", "top_k": "top_k",
                "max_completion_length": "max_new_tokens", "max_pixels": "max_pixels", "min_pixels": "min_pixels",
-               "seed": "seed"}  # fmt: skip
+               "seed": "seed", "image_root": "image_root"}  # fmt: skip
 
 
 @dataclass
@@ -64,7 +64,10 @@ class FilterConfig:
         default=None,
         metadata={"help": "A training recipe: its dataset, model, rewards and sampling settings are the defaults."},
     )
-    dataset: str | None = field(default=None, metadata={"help": "A `samtok-rl prepare` folder, or sample:gres/gcg."})
+    dataset: str | None = field(
+        default=None, metadata={"help": "A `samtok-rl prepare` folder, sample:gres/gcg, or an authors' RL parquet."}
+    )
+    image_root: str | None = field(default=None, metadata={"help": "With a parquet dataset: its image folder."})
     model: str | None = field(default=None, metadata={"help": "The start model (folder, Hub id or tiny:<kind>)."})
     reward_preset: str | None = field(default=None, metadata={"help": "gres or gcg (see rewards.PRESETS)."})
     reward_funcs: list[str] | None = field(default=None, metadata={"help": "Rewards after the preset's."})
@@ -152,7 +155,7 @@ def filter_dataset(config: FilterConfig, generator=None) -> dict:
     """
     from samtok_rl.evaluate import _make_generator, check_model_writes_masks
     from samtok_rl.generation import resolve_backend
-    from samtok_rl.loading import load_rows
+    from samtok_rl.loading import load_rows, prepared_folder
     from samtok_rl.mask_tokenizer import default_device
     from samtok_rl.prepare import prepared_tokenizer
 
@@ -175,7 +178,7 @@ def filter_dataset(config: FilterConfig, generator=None) -> dict:
     if pass_name not in names:
         raise UsageError(f"pass_reward {pass_name!r} is not one of the rewards {names}")
     rows = load_rows(SamtokScriptArguments(dataset=config.dataset, mask_tokenizer=config.mask_tokenizer,
-                                           max_train_samples=config.max_samples))  # fmt: skip
+                                           max_train_samples=config.max_samples, image_root=config.image_root))  # fmt: skip
     task = rows[0]["task"]
 
     # What changes the scores; a resumed run must match it.
@@ -245,8 +248,9 @@ def filter_dataset(config: FilterConfig, generator=None) -> dict:
     scored = scored.add_column("pass_rate", [s["pass_rate"] for s in stats])
     keep = [i for i, s in enumerate(stats)
             if s["std"] > config.min_std and config.min_pass_rate <= s["pass_rate"] <= config.max_pass_rate]  # fmt: skip
-    prepared_settings = {"tokenizer": prepared_tokenizer(config.dataset) if not config.dataset.startswith("sample:")
-                         else config.mask_tokenizer, "filter": settings}  # fmt: skip
+    prepared_settings = {"tokenizer": prepared_tokenizer(prepared_folder(config.dataset, config.image_root))
+                         if not config.dataset.startswith("sample:") else config.mask_tokenizer,
+                         "filter": settings}  # fmt: skip
     write_prepared(scored, out / "scored", task, prepared_settings)
     if keep:
         write_prepared(scored.select(keep), out / "filtered", task,

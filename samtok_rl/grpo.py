@@ -46,6 +46,7 @@ from samtok_rl.loading import (
     load_model,
     load_processor,
     make_peft_config,
+    prepared_folder,
 )
 from samtok_rl.logs import setup_logging
 from samtok_rl.prepare import prepared_tokenizer
@@ -206,7 +207,9 @@ def main(script_args=None, training_args=None, model_args=None):
     )
     if trainer.accelerator.is_main_process:
         # What `samtok-rl inspect` needs to decode and label the rollouts, and what a resume is compared with.
-        mask_tokenizer = script_args.mask_tokenizer or prepared_tokenizer(script_args.dataset)
+        mask_tokenizer = script_args.mask_tokenizer or prepared_tokenizer(
+            prepared_folder(script_args.dataset, script_args.image_root)
+        )
         record_run(out / RUN_FILE, {**identity, "mask_tokenizer": mask_tokenizer}, previous, resumed_at, changes)
     if resume is not None:
         logger.info("resuming from %s%s", resume, f" with changes: {'; '.join(changes)}" if changes else "")

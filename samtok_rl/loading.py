@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import re
 from contextlib import nullcontext
@@ -18,7 +19,7 @@ from samtok_rl.data import sample_paths
 from samtok_rl.errors import UsageError
 from samtok_rl.files import cache_dir, to_rgb
 from samtok_rl.mask_tokenizer import build_mask_tokenizer
-from samtok_rl.prepare import load_prepared, prepare, read_source
+from samtok_rl.prepare import PrepareConfig, load_prepared, prepare, read_source, run_easyr1
 
 
 logger = logging.getLogger(__name__)
@@ -38,6 +39,24 @@ def sample_dir(task: str, mask_tokenizer: str) -> Path:
     tag = re.sub(r"[^\w.-]", "_", mask_tokenizer)  # a Hub id or path as one folder name
     where = hashlib.sha256(str(sample_paths().root.resolve()).encode()).hexdigest()[:10]
     return cache_dir("prepared") / f"sample-{task}-{tag}-{where}"
+
+
+def easyr1_dir(parquet: str, image_root: str | None) -> Path:
+    """Where `dataset: <file>.parquet` is converted: the cache's `prepared/`, named by the file and its image root
+    (size and modification time included, so a replaced file is converted again)."""
+    path = Path(parquet)
+    if not path.is_file():
+        raise UsageError(f"dataset {parquet!r}: no such parquet file")
+    stat = path.stat()
+    key = json.dumps(
+        [str(path.resolve()), stat.st_size, stat.st_mtime_ns, str(Path(image_root).resolve()) if image_root else None]
+    )
+    return cache_dir("prepared") / f"easyr1-{path.stem}-{hashlib.sha256(key.encode()).hexdigest()[:10]}"
+
+
+def prepared_folder(dataset: str, image_root: str | None = None) -> Path:
+    """The prepared folder behind a `dataset` value that is a folder or a parquet file."""
+    return easyr1_dir(dataset, image_root) if dataset.endswith(".parquet") else Path(dataset)
 
 
 def load_dataset(script_args, training_args=None):
@@ -72,6 +91,8 @@ def load_rows(script_args, training_args=None):
     name = script_args.dataset
     if name is None:
         raise UsageError("no dataset: set `dataset` to a `samtok-rl prepare` folder or to sample:gres / sample:gcg")
+    if script_args.image_root is not None and not name.endswith(".parquet"):
+        raise UsageError(f"image_root is for a .parquet dataset (the authors' RL files); dataset is {name!r}")
     if name.startswith(SAMPLE_PREFIX):
         task = name.removeprefix(SAMPLE_PREFIX)
         if script_args.mask_tokenizer is None:
@@ -87,6 +108,13 @@ def load_rows(script_args, training_args=None):
                 lambda: build_mask_tokenizer(script_args.mask_tokenizer),
                 tokenizer_id=script_args.mask_tokenizer,
                 progress=False,
+            )
+    elif name.endswith(".parquet"):
+        out = easyr1_dir(name, script_args.image_root)
+        first = training_args.main_process_first(desc="convert the parquet file") if training_args else nullcontext()
+        with first:
+            dataset = run_easyr1(
+                PrepareConfig(output_dir=str(out), parquet=name, image_root=script_args.image_root, progress=False)
             )
     else:
         if not Path(name).is_dir():

@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 
 from samtok_rl.cli import config_parser, report_errors
 from samtok_rl.data import DataError, read_grandf_gcg, read_grefcoco, sample_paths
+from samtok_rl.data.easyr1 import EasyR1Rows, format_summary, read_easyr1
 from samtok_rl.data.grefcoco import RLE
 from samtok_rl.errors import UsageError
 from samtok_rl.files import check_output_dir, open_rgb, write_json_atomic
@@ -106,6 +107,46 @@ def select_one_per_image(images: Sequence[str], num_images: int, seed: int = 42)
     chosen = sorted(random.Random(seed).sample(range(len(rows_per_image)), num_images))
     rng = random.Random(seed)
     return [rng.choice(rows_per_image[i]) for i in chosen]
+
+
+def select_with_no_target_share(
+    images: Sequence[str], no_target: Sequence[bool], num_images: int, share: float, seed: int = 42
+) -> list[int]:
+    """Pick `num_images` images and one row per image so that `round(share * num_images)` rows are no-target ones.
+
+    The authors' released GRES set (`gres8k_train.parquet`) is 56% no-target rows (4,666 of 8,337), where one random
+    expression per gRefCOCO image gives about 12%; N-acc depends on that share. Images with a no-target expression
+    are drawn for the no-target rows, the others from the rest, each with `random.Random(seed)`.
+
+    Raises:
+        `UsageError`: too few images have a no-target (or a target) expression for the asked share.
+
+    Example:
+    >>> select_with_no_target_share(["a", "a", "b", "c", "d"], [True, False, False, True, False], 2, share=0.5)
+    [0, 2]
+    """
+    groups: dict[str, tuple[list[int], list[int]]] = {}  # image -> (target rows, no-target rows)
+    for index, (image, empty) in enumerate(zip(images, no_target)):
+        groups.setdefault(image, ([], []))[bool(empty)].append(index)
+    want_empty = round(share * num_images)
+    rng = random.Random(seed)
+    with_empty = [image for image, (_, empty) in groups.items() if empty]
+    if len(with_empty) < want_empty:
+        raise UsageError(
+            f"no_target_share={share} of {num_images} images needs {want_empty} images with a no-target expression; "
+            f"the source has {len(with_empty)} (lower num_images or the share)"
+        )
+    empty_images = rng.sample(with_empty, want_empty)
+    taken = set(empty_images)
+    rest = [image for image, (full, _) in groups.items() if full and image not in taken]
+    if len(rest) < num_images - want_empty:
+        raise UsageError(
+            f"no_target_share={share} of {num_images} images needs {num_images - want_empty} other images with a "
+            f"target; the source has {len(rest)}"
+        )
+    full_images = rng.sample(rest, num_images - want_empty)
+    rows = [rng.choice(groups[i][1]) for i in empty_images] + [rng.choice(groups[i][0]) for i in full_images]
+    return sorted(rows)
 
 
 def gres_solution(codes: Sequence[Sequence[int]], label: str) -> str:
@@ -311,6 +352,36 @@ def prepare(
             f"nothing to prepare: the {task} source selected 0 rows (check split, num_images, skip_invalid)"
         )
     check_template(task, template)
+    settings = {"template": template, "think": think, "shard_size": shard_size, "tokenizer": tokenizer_id}
+    tokenizer = []  # built on the first shard left to do
+
+    def make_shard(k: int) -> list[dict]:
+        if not tokenizer:
+            tokenizer.append(load_mask_tokenizer())
+        rows = source.select(range(k * shard_size, min((k + 1) * shard_size, len(source)))).to_list()
+        codes = _encode_shard(rows, tokenizer[0], batch_size, skip_invalid)
+        return [_prepared_row(r, c, task, template, think) for r, c in zip(rows, codes) if c is not None]
+
+    return write_shards(
+        output_dir, task, settings, _fingerprint(source, task, settings), len(source), shard_size, make_shard, progress
+    )
+
+
+def write_shards(
+    output_dir: str | Path,
+    task: str,
+    settings: dict,
+    fingerprint: str,
+    num_rows: int,
+    shard_size: int,
+    make_shard: Callable[[int], list[dict]],
+    progress: bool = True,
+    summary: dict | None = None,
+) -> datasets.Dataset:
+    """Write the prepared rows that `make_shard(k)` returns for the source rows `[k * shard_size, (k + 1) *
+    shard_size)` as resumable parquet shards with `manifest.json`, skipping the shards a previous run finished; a
+    folder with another `fingerprint` (other inputs or settings) is refused. `summary` is recorded in the manifest.
+    Returns the folder loaded by [`load_prepared`]."""
     check_output_dir(output_dir)
     out = Path(output_dir)
     if not (out / MANIFEST).is_file() and any(out.rglob("*.parquet")):
@@ -318,9 +389,7 @@ def prepare(
             f"{out} holds parquet files but no {MANIFEST}: not a samtok-rl prepare folder; use a new output_dir"
         )
     (out / "data").mkdir(parents=True, exist_ok=True)
-    settings = {"template": template, "think": think, "shard_size": shard_size, "tokenizer": tokenizer_id}
-    fingerprint = _fingerprint(source, task, settings)
-    n_shards = max(1, -(-len(source) // shard_size))
+    n_shards = max(1, -(-num_rows // shard_size))
     manifest_path = out / MANIFEST
     if manifest_path.is_file():
         manifest = json.loads(manifest_path.read_text())
@@ -335,7 +404,7 @@ def prepare(
             "task": task,
             "settings": settings,
             "fingerprint": fingerprint,
-            "num_rows": len(source),
+            "num_rows": num_rows,
             "shards": {},
         }
         write_json_atomic(manifest_path, manifest)
@@ -355,14 +424,11 @@ def prepare(
         return intact
 
     todo = [k for k in range(n_shards) if not finished(k)]
-    done_rows = sum(min(shard_size, len(source) - k * shard_size) for k in range(n_shards) if k not in todo)
+    done_rows = sum(min(shard_size, num_rows - k * shard_size) for k in range(n_shards) if k not in todo)
     if todo:
-        tokenizer = load_mask_tokenizer()
-        bar = tqdm(total=len(source), initial=done_rows, desc=f"prepare {task}", unit="row", disable=not progress)
+        bar = tqdm(total=num_rows, initial=done_rows, desc=f"prepare {task}", unit="row", disable=not progress)
         for k in todo:
-            rows = source.select(range(k * shard_size, min((k + 1) * shard_size, len(source)))).to_list()
-            codes = _encode_shard(rows, tokenizer, batch_size, skip_invalid)
-            prepared = [_prepared_row(r, c, task, template, think) for r, c in zip(rows, codes) if c is not None]
+            prepared = make_shard(k)
             name = _shard_name(k, n_shards)
             tmp = out / (name + ".tmp")
             # pyarrow directly: the table keeps datasets' feature metadata, without a progress bar per shard.
@@ -372,10 +438,64 @@ def prepare(
             write_json_atomic(manifest_path, manifest)
             bar.update(len(prepared))
         bar.close()
-    if not manifest.get("complete"):
+    if not manifest.get("complete") or (summary is not None and manifest.get("summary") != summary):
         manifest["complete"] = True
+        if summary is not None:
+            manifest["summary"] = summary
         write_json_atomic(manifest_path, manifest)
     return load_prepared(out)
+
+
+def prepare_easyr1(
+    rows: EasyR1Rows,
+    output_dir: str | Path,
+    *,
+    settings: dict,
+    shard_size: int = 256,
+    progress: bool = True,
+) -> datasets.Dataset:
+    """Write the checked rows of an authors' RL parquet file ([`read_easyr1`]) as a prepared folder.
+
+    Embedded images are written once each to `<output_dir>/images/<sha256>.<ext>` (a temporary file renamed into
+    place, so a resumed run never finds half an image); rows with a local image keep its path. Resumable like
+    [`prepare`]: the fingerprint is the file's content and `settings`, and the summary is kept in the manifest.
+    """
+    if not rows.rows:
+        raise UsageError(f"nothing to prepare: every row of {rows.path} was skipped ({rows.summary['skipped']})")
+    out = Path(output_dir)
+    digest = hashlib.sha256()
+    with open(rows.path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 24), b""):
+            digest.update(block)
+    fingerprint = hashlib.sha256(json.dumps([digest.hexdigest(), settings], sort_keys=True).encode()).hexdigest()
+    task = "+".join(sorted(rows.summary["tasks"]))
+
+    images: list = []  # the file's `images` column, read once, when a shard left to do has embedded images
+
+    def make_shard(k: int) -> list[dict]:
+        chunk = rows.rows[k * shard_size : (k + 1) * shard_size]
+        indices = rows.row_index[k * shard_size : (k + 1) * shard_size]
+        prepared = []
+        for row, index in zip(chunk, indices):
+            ref = row["image"]
+            if ref.path is None:
+                if not images:
+                    images.append(pq.read_table(rows.path, columns=["images"]).column("images"))
+                path = out / "images" / ref.file_name()
+                if not path.is_file():  # an image shared by several rows is written once
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    tmp = path.with_suffix(path.suffix + ".tmp")
+                    tmp.write_bytes(images[0][index].as_py()[0]["bytes"])
+                    os.replace(tmp, path)
+                ref = type(ref)(path=path)
+            prepared.append(
+                {key: value for key, value in row.items() if key in PREPARED_FEATURES} | {"image": str(ref.path)}
+            )
+        return prepared
+
+    return write_shards(
+        out, task, settings, fingerprint, len(rows.rows), shard_size, make_shard, progress, summary=rows.summary
+    )
 
 
 def write_prepared(dataset: datasets.Dataset, output_dir: str | Path, task: str, settings: dict) -> Path:
@@ -450,8 +570,34 @@ def load_prepared(output_dir: str | Path) -> datasets.Dataset:
 class PrepareConfig:
     """What `samtok-rl prepare` reads, selects, prompts and writes (flags or the keys of `--config FILE.yaml`)."""
 
-    task: str = field(metadata={"help": "gres (gRefCOCO) or gcg (GranD-f)", "choices": ["gres", "gcg"]})
     output_dir: str = field(metadata={"help": "Output folder (resumable: finished shards are kept)."})
+    task: str | None = field(
+        default=None,
+        metadata={
+            "help": "gres (gRefCOCO) or gcg (GranD-f); with parquet: every row's task (default: from its source).",
+            "choices": ["gres", "gcg"],
+        },
+    )
+    parquet: str | None = field(
+        default=None,
+        metadata={"help": "An authors' RL parquet file (EasyR1: images, problem, answer, masks, source)."},
+    )
+    image_root: str | None = field(
+        default=None,
+        metadata={"help": "With parquet: folder of the images of rows without bytes, found by file name."},
+    )
+    format_prompt: str | None = field(
+        default=None,
+        metadata={
+            "help": "With parquet: EasyR1's data.format_prompt, r1v (think/answer) or none (the problem as is); "
+            "default r1v for GRES rows, none for GCG rows (the authors' scripts).",
+            "choices": ["r1v", "none"],
+        },
+    )
+    no_target_share: float | None = field(
+        default=None,
+        metadata={"help": "With num_images (GRES): this share of the rows no-target (gres8k_train.parquet: 0.56)."},
+    )
     sample: bool = field(default=False, metadata={"help": "Use the bundled real-photo sample instead of files."})
     refs: str | None = field(default=None, metadata={"help": "gRefCOCO grefs(unc).json"})
     instances: str | None = field(default=None, metadata={"help": "gRefCOCO instances.json"})
@@ -488,8 +634,28 @@ class PrepareConfig:
     progress: bool = field(default=True, metadata={"help": "Show a progress bar (--no_progress: don't)."})
 
     def __post_init__(self):
+        if self.parquet is not None:
+            given = [k for k in ("refs", "instances", "annotations", "images", "split", "num_images", "template")
+                     if getattr(self, k) is not None] + (["sample"] if self.sample else [])  # fmt: skip
+            if given:
+                raise UsageError(f"parquet reads an authors' RL file: {given} apply to raw gRefCOCO / GranD-f files")
+            if not self.think:
+                raise UsageError("parquet: the think instruction is EasyR1's format prompt; set format_prompt to none")
+            if self.sam2_config or self.checkpoint:
+                raise UsageError(
+                    "parquet: the codes are in the file; name the tokenizer they come from in mask_tokenizer"
+                )
+            check_output_dir(self.output_dir)
+            return
+        if self.image_root is not None:
+            raise UsageError("image_root is for parquet files; raw gRefCOCO / GranD-f take their folder in images")
         if self.task not in ("gres", "gcg"):
             raise UsageError(f"task must be gres or gcg, got {self.task!r}")
+        if self.no_target_share is not None:
+            if not 0.0 <= self.no_target_share <= 1.0:
+                raise UsageError(f"no_target_share must be in [0, 1], got {self.no_target_share}")
+            if self.task != "gres" or self.num_images is None:
+                raise UsageError("no_target_share applies to task gres with num_images")
         check_mask_tokenizer_source(self.mask_tokenizer, self.sam2_config, self.checkpoint)
         check_template(self.task, self.template)
         if self.num_images is not None and self.num_images < 1:
@@ -497,6 +663,11 @@ class PrepareConfig:
         # Before the source is read (minutes for GranD-f): a bad output folder or mask tokenizer fails now.
         check_output_dir(self.output_dir)
         check_mask_tokenizer_files(self.mask_tokenizer, self.sam2_config, self.checkpoint)
+
+    @property
+    def think_for_parquet(self) -> bool | None:
+        """`format_prompt` as `read_easyr1`'s `think` (None: by each row's task)."""
+        return None if self.format_prompt is None else self.format_prompt == "r1v"
 
     @property
     def mask_tokenizer_id(self) -> str:
@@ -515,6 +686,8 @@ def run(config: PrepareConfig) -> datasets.Dataset:
     >>> len(dataset), dataset[0]["task"]
     (4, 'gres')
     """
+    if config.parquet is not None:
+        return run_easyr1(config)
     source = read_source(
         config.task,
         refs=config.refs,
@@ -525,7 +698,12 @@ def run(config: PrepareConfig) -> datasets.Dataset:
         split=config.split,
         skip_invalid=config.skip_invalid,
     )
-    if config.num_images is not None:
+    if config.no_target_share is not None:
+        picked = select_with_no_target_share(
+            source["image"], source["no_target"], config.num_images, config.no_target_share, config.seed
+        )
+        source = source.select(picked)
+    elif config.num_images is not None:
         source = source.select(select_one_per_image(source["image"], config.num_images, config.seed))
     return prepare(
         source,
@@ -542,6 +720,29 @@ def run(config: PrepareConfig) -> datasets.Dataset:
         progress=config.progress,
         skip_invalid=config.skip_invalid,
     )
+
+
+# The tokenizer the released RL files' codes come from: VQ-SAM2 (hiera-L), as released in every SAMTok model folder.
+AUTHORS_MASK_TOKENIZER = "zhouyik/Qwen3-VL-8B-SAMTok"
+
+
+def run_easyr1(config: PrepareConfig) -> datasets.Dataset:
+    """Convert an authors' RL parquet file into a prepared folder and print its summary."""
+    rows = read_easyr1(config.parquet, config.image_root, think=config.think_for_parquet, task=config.task,
+                       skip_invalid=config.skip_invalid)  # fmt: skip
+    print(f"{config.parquet}:\n{format_summary(rows.summary)}", flush=True)
+    settings = {
+        "source": "easyr1",
+        "file": Path(config.parquet).name,
+        "image_root": str(Path(config.image_root).resolve()) if config.image_root else None,
+        "think": config.think_for_parquet,
+        "task": config.task,
+        "skip_invalid": config.skip_invalid,
+        "shard_size": config.shard_size,
+        "tokenizer": config.mask_tokenizer or AUTHORS_MASK_TOKENIZER,
+    }
+    return prepare_easyr1(rows, config.output_dir, settings=settings, shard_size=config.shard_size,
+                          progress=config.progress)  # fmt: skip
 
 
 def make_parser():

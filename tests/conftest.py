@@ -80,6 +80,22 @@ def datasets_dir(tmp_path_factory) -> dict[str, str]:
         out[task] = str(root / task)
     return out
 
+
+@pytest.fixture(scope="session")
+def authors_files(tmp_path_factory) -> dict[str, str]:
+    """Small files in the authors' RL parquet schema, coded with the micro tokenizer: `{"gres": 50 rows in
+    gres8k_train.parquet's proportions with the authors' image paths, "gcg": 4 GCG rows with embedded images}`."""
+    from samtok_rl.data.easyr1_synthetic import gcg_like, gres8k_like, write_easyr1_parquet
+    from samtok_rl.mask_tokenizer import build_mask_tokenizer
+
+    micro = build_mask_tokenizer("micro", device="cpu")
+    root = tmp_path_factory.mktemp("authors")
+    return {
+        "gres": str(write_easyr1_parquet(gres8k_like(50, micro), root / "gres8k_like.parquet")),
+        "gcg": str(write_easyr1_parquet(gcg_like(4, micro), root / "gcg_like.parquet")),
+    }
+
+
 # The report tests open the HTML in a real headless Chromium (Debian's `chromium`). Without one they skip, unless
 # SAMTOK_RL_REQUIRE_BROWSER=1 (set by .ci/run, which installs it), where a missing browser fails them.
 BROWSER_ENV = "SAMTOK_RL_REQUIRE_BROWSER"

@@ -12,6 +12,7 @@ from transformers import AutoModelForImageTextToText
 
 from rewards import REWARDS
 from samtok_rl import checks, grpo, loading
+from samtok_rl.data import sample_paths
 from samtok_rl.errors import UsageError
 from samtok_rl.prepare import read_source
 from samtok_rl.tiny import build_tiny_vlm
@@ -96,24 +97,21 @@ def test_rejects_lora_embedding_rows_with_vllm():
 
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: str(p.relative_to(ROOT / "recipes")))
-def test_recipe_parses_and_dry_runs(recipe, datasets_dir, tmp_path):
+def test_recipe_parses_and_dry_runs(recipe, datasets_dir, authors_files, tmp_path, monkeypatch):
     config = yaml.safe_load(recipe.read_text())
     task = config["reward_preset"]
     # Without a GPU, bf16 recipes only parse with use_cpu; a dataset that is not the bundled sample (prepared with the
-    # recipe's own mask tokenizer) is swapped for the sample prepared in the fixture.
+    # recipe's own mask tokenizer) is swapped for the sample prepared in the fixture, an authors' parquet file for
+    # one in the same schema (converted into a cache of the test's own).
     dataset = config["dataset"] if config["dataset"].startswith("sample:") else datasets_dir[task]
+    extra = []
+    if config["dataset"].endswith(".parquet"):
+        monkeypatch.setenv("SAMTOK_RL_CACHE", str(tmp_path / "cache"))
+        dataset, extra = authors_files[task], ["--image_root", str(sample_paths().images)]
     script_args, training_args, model_args = grpo.make_parser().parse_args_and_config(
-        [
-            "--config",
-            str(recipe),
-            "--dry_run",
-            "--dataset",
-            dataset,
-            "--use_cpu",
-            "--output_dir",
-            str(tmp_path),
-        ]
-    )
+        ["--config", str(recipe), "--dry_run", "--dataset", dataset, "--use_cpu", "--output_dir", str(tmp_path / "run"),
+         *extra]
+    )  # fmt: skip
     assert script_args.dry_run and model_args.model_name_or_path
     assert grpo.main(script_args, training_args, model_args) is None
     # Files named in the recipe's comments (launch configs, other recipes) exist.
