@@ -27,6 +27,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import datasets
 import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
@@ -55,8 +56,16 @@ from samtok_rl.metrics import (
     union_masks,
 )
 from samtok_rl.paper import paper_numbers, with_paper
-from samtok_rl.parsing import GRES_MAX_SPANS, clean_output, parse_gcg_output, parse_gres
-from samtok_rl.prompts import GCG_QUESTION, GRES_TEMPLATE, check_template, gcg_question, gres_question
+from samtok_rl.parsing import GRES_MAX_SPANS, clean_output, gcg_caption, parse_gcg_output, parse_gres
+from samtok_rl.prompts import (
+    GCG_QUESTION,
+    GRES_TEMPLATE,
+    asks_to_think,
+    check_template,
+    gcg_question,
+    gres_question,
+    message_text,
+)
 from samtok_rl.tiny import resolve_model_path
 from samtok_rl.tokens import missing_mask_tokens
 
@@ -113,6 +122,8 @@ def read_split(task: str, data: Path, split: str, images: Path | None = None):
     """
 
     data = Path(data)
+    if data.suffix == ".parquet":
+        return read_parquet_split(task, data, images)
     if task == "gres":
         refs = _first([data / "grefs(unc).json", data / "grefcoco" / "grefs(unc).json"], "grefs(unc).json")
         root = refs.parent
@@ -135,11 +146,49 @@ def read_split(task: str, data: Path, split: str, images: Path | None = None):
     return read_grandf_gcg_gt(caption_file, caption_file.parent / names[1], image_dir)
 
 
+def read_parquet_split(task: str, data: Path, images: Path | None):
+    """The `task` rows of an authors' RL parquet file (converted once into the cache, as `dataset:` in training),
+    each with the `question` its prompt asks; `images` is the folder of rows without image bytes."""
+    from samtok_rl.loading import easyr1_dir
+    from samtok_rl.prepare import PrepareConfig, run_easyr1
+
+    root = str(images) if images else None
+    prepared = run_easyr1(
+        PrepareConfig(output_dir=str(easyr1_dir(str(data), root)), parquet=str(data), image_root=root, progress=False)
+    )
+    rows = []
+    for row in prepared.filter(lambda r: r["task"] == task):
+        index = len(rows)
+        common = {"image": row["image"], "question": message_text(row["prompt"]), "gt_masks": row["gt_masks"]}
+        if task == "gres":
+            rows.append(common | {"expression": row["expression"], "no_target": row["no_target"], "ref_id": index,
+                                  "sent_id": 0})  # fmt: skip
+        else:
+            rows.append(common | {"image_id": str(index), "caption": gcg_caption(row["solution"]),
+                                  "phrases": row["phrases"]})  # fmt: skip
+    if not rows:
+        raise UsageError(f"{data} has no {task} rows (its tasks: {sorted(set(prepared['task']))})")
+    return datasets.Dataset.from_list(rows)
+
+
 def load_split(
     task: str, data: Path, split: str, images: str | None, think: bool, template: str | None, limit: int | None = None
 ) -> tuple[list[Sample], list[dict]]:
-    """The samples of one split and their ground-truth rows (with the sample's `id`), in dataset order."""
+    """The samples of one split and their ground-truth rows (with the sample's `id`), in dataset order.
+
+    From an authors' parquet file each sample asks its row's own question, and `think` must match what the questions
+    ask (the authors' GRES rows ask to think, their GCG rows do not): the answers are parsed accordingly."""
     rows = read_split(task, Path(data), split, Path(images) if images else None)
+    if "question" in rows.column_names:
+        if template is not None:
+            raise UsageError(f"template: the rows of {data} carry their own questions")
+        asks = {asks_to_think(q) for q in rows["question"]}
+        if asks != {think}:
+            raise UsageError(
+                f"{data}: its {task} questions {'mix asking and not asking' if len(asks) > 1 else 'ask' if True in asks else 'do not ask'} "
+                f"for <think>/<answer> while think is {think}: set {'--no_think' if think else '--think true'} to parse "
+                "the answers as asked"
+            )
     if limit is not None:
         rows = rows.select(range(min(limit, len(rows))))
     samples = make_samples(task, rows, think, template)
@@ -152,13 +201,14 @@ def make_samples(task: str, rows, think: bool, template: str | None = None) -> l
     """One `Sample` per row, with a stable id (GRES: `ref_id-sent_id`, GCG: the image id) used for resuming."""
     samples, seen = [], {}
     for row in rows:
+        own = row.get("question")  # the rows of an authors' parquet file ask their own
         if task == "gres":
             key = f"{row['ref_id']}-{row['sent_id']}"
-            question = gres_question(row["expression"], think=think, template=template or GRES_TEMPLATE)
+            question = own or gres_question(row["expression"], think=think, template=template or GRES_TEMPLATE)
             sample = Sample(key, row["image"], question, expression=row["expression"])
         else:
             key = str(row["image_id"])
-            question = gcg_question(think=think, question=template or GCG_QUESTION)
+            question = own or gcg_question(think=think, question=template or GCG_QUESTION)
             sample = Sample(key, row["image"], question, image_id=key)
         # Duplicated ids (should not happen in the public files) get an occurrence suffix, deterministically.
         count = seen.get(sample.id, 0)
@@ -377,6 +427,8 @@ def evaluate(args: EvalConfig, generator=None, text_similarity=None, mask_tokeni
         Path(args.data) if args.data else Path(sample_paths().root) / ("grefcoco" if args.task == "gres" else "grandf")
     )
     splits = [s for s in args.split.split(",") if s]
+    if data.suffix == ".parquet" and len(splits) != 1:
+        raise UsageError(f"data {data} is one parquet file: give one split name to label it, not {args.split!r}")
     rows_by_split, samples_by_split = {}, {}
     for split in splits:
         samples_by_split[split], rows_by_split[split] = load_split(
@@ -544,7 +596,11 @@ class EvalConfig:
     task: str = field(metadata={"help": "gres or gcg", "choices": list(TASKS)})
     output_dir: str = field(metadata={"help": "Predictions and metrics.json (resumable)."})
     data: str | None = field(
-        default=None, metadata={"help": "gRefCOCO folder (grefs(unc).json) or GranD-f folder (or sample)."}
+        default=None,
+        metadata={
+            "help": "gRefCOCO folder (grefs(unc).json), GranD-f folder, or an authors' RL parquet file (its rows of "
+            "`task`, their own questions; `images` = its image_root; one split name labels the predictions)."
+        },
     )
     sample: bool = field(default=False, metadata={"help": "Evaluate on the bundled real-photo sample."})
     images: str | None = field(default=None, metadata={"help": "Image folder (default: found from data)."})

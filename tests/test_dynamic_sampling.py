@@ -15,6 +15,7 @@ import torch
 from test_grpo import TINY_RUN, run
 
 from samtok_rl import grpo
+from samtok_rl.data import sample_paths
 from samtok_rl.dynamic_sampling import merge_rounds, select_groups
 from samtok_rl.errors import UsageError
 from samtok_rl.trainer import SamtokGRPOTrainer
@@ -181,9 +182,15 @@ def test_whole_groups_per_process_are_required():
 @pytest.mark.parametrize(
     "recipe", sorted((ROOT / "recipes").glob("g*/*.yaml")), ids=lambda p: p.parent.name + "/" + p.stem
 )
-def test_the_recipes_take_dynamic_sampling_as_their_comments_say(recipe, datasets_dir, tmp_path):
+def test_the_recipes_take_dynamic_sampling_as_their_comments_say(
+    recipe, datasets_dir, authors_files, tmp_path, monkeypatch
+):
     task = recipe.parent.name
     assert "# dynamic_sampling: true" in recipe.read_text()
-    dry = ["--config", str(recipe), "--dry_run", "--dataset", datasets_dir[task], "--use_cpu", "--output_dir",
-           str(tmp_path), "--dynamic_sampling"]  # fmt: skip
+    data = ["--dataset", datasets_dir[task]]
+    if "image_root:" in recipe.read_text():  # an authors' parquet recipe: a file in that schema
+        monkeypatch.setenv("SAMTOK_RL_CACHE", str(tmp_path / "cache"))
+        data = ["--dataset", authors_files[task], "--image_root", str(sample_paths().images)]
+    dry = ["--config", str(recipe), "--dry_run", *data, "--use_cpu", "--output_dir", str(tmp_path / "run"),
+           "--dynamic_sampling"]  # fmt: skip
     assert grpo.main(dry) is None

@@ -20,6 +20,7 @@ from samtok_rl.data.easyr1_synthetic import (
     write_easyr1_parquet,
 )
 from samtok_rl.errors import UsageError
+from samtok_rl.masks import decode_rle
 from samtok_rl.parsing import NO_TARGET, parse_masks
 from samtok_rl.prompts import R1_SUFFIX
 
@@ -211,3 +212,47 @@ def test_two_grpo_steps_on_the_authors_file_with_the_gres_recipe(gres8k_50, tmp_
     # The rows trained on are the file's: its prompts (with the r1v suffix) and its reference answers.
     answers = set(pq.read_table(gres8k_50, columns=["answer"]).column("answer").to_pylist())
     assert all(r["solution"] in answers and R1_SUFFIX in r["prompt"] for r in rollouts)
+
+
+def test_eval_on_the_authors_file_scores_its_own_answers_perfectly(authors_files, micro, tmp_path, monkeypatch):
+    """`samtok-rl eval --data FILE.parquet`: each row asks its own question; replaying the file's answers through the
+    tokenizer that coded them gives the decoded GT masks back, so every metric is perfect."""
+    from samtok_rl import evaluate as ev
+
+    monkeypatch.setenv("SAMTOK_RL_CACHE", str(tmp_path / "cache"))
+    table = pq.read_table(authors_files["gres"]).to_pylist()
+    answers = {f"{r['problem'].removeprefix('<image>')} {R1_SUFFIX}": r["answer"] for r in table}
+
+    class Replay:
+        calls = 0
+
+        def image_resolution(self):
+            return {"min_pixels": ev.DEFAULT_MIN_PIXELS, "max_pixels": ev.DEFAULT_MAX_PIXELS}
+
+        def strip_tokens(self):
+            return []
+
+        def generate(self, questions, images):
+            self.calls += len(questions)
+            return [f"<think>t</think><answer>{answers[q]}</answer>" for q in questions]
+
+    def args(*extra):
+        (config,) = ev.make_parser().parse_args_and_config(
+            ["--task", "gres", "--model", "replay", "--data", authors_files["gres"], "--images", str(IMAGES),
+             "--split", "train", "--output_dir", str(tmp_path / "eval"), "--no_progress", "--mask_tokenizer", "micro",
+             *extra]
+        )  # fmt: skip
+        return config
+
+    replay = Replay()
+    result = ev.evaluate(args(), generator=replay, mask_tokenizer=micro)
+    metrics = result["splits"]["train"]
+    # The metric's no-target rows are those whose GT is empty: the 28 "No target." rows, and any whose decoded mask
+    # is (the random micro tokenizer decodes some codes to nothing).
+    empty = sum(not r["masks"] or not any(decode_rle(m).any() for m in r["masks"]) for r in table)
+    assert replay.calls == 50 and metrics["num_no_target"] == empty >= 28
+    assert metrics["gIoU"] == 100.0 and metrics["N_acc"] == 100.0
+    with pytest.raises(UsageError, match="questions ask for <think>/<answer> while think is False: set --think true"):
+        ev.evaluate(args("--no_think"), generator=replay, mask_tokenizer=micro)
+    with pytest.raises(UsageError, match="give one split name"):
+        ev.evaluate(args("--split", "a,b"), generator=replay, mask_tokenizer=micro)

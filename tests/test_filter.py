@@ -93,3 +93,17 @@ def test_write_prepared_writes_only_the_selected_rows(tmp_path, datasets_dir):
     source = load_prepared(datasets_dir["gres"])
     write_prepared(source.select([3, 1]), tmp_path / "two", "gres", {"tokenizer": "fixed"})
     assert [r["solution"] for r in load_prepared(tmp_path / "two")] == [source[3]["solution"], source[1]["solution"]]
+
+
+def test_filter_reads_an_authors_parquet_file(tmp_path, warm, authors_files, monkeypatch):
+    """`dataset:` may be an authors' RL parquet file (with `image_root`): its rows are scored, in file order."""
+    import pyarrow.parquet as pq
+
+    from samtok_rl.data import sample_paths
+
+    monkeypatch.setenv("SAMTOK_RL_CACHE", str(tmp_path / "cache"))
+    result = filter_dataset(config(tmp_path / "out", warm, dataset=authors_files["gres"],
+                                   image_root=str(sample_paths().images), max_samples=3))  # fmt: skip
+    assert result["rows"] == result["generated"] == 3
+    answers = pq.read_table(authors_files["gres"], columns=["answer"]).column("answer").to_pylist()[:3]
+    assert [r["solution"] for r in load_prepared(tmp_path / "out" / "scored")] == answers
