@@ -57,6 +57,12 @@ POLICY = {"full": {"prompts": 2, "generations": 8, "completion": 256, "vocab": 1
           "smoke": {"prompts": 2, "generations": 2, "completion": 16, "vocab": 1_200}}  # fmt: skip
 
 
+# Seconds each part may take (full: one H200, from the sizes above; smoke: a loaded 2-core CPU). A part that runs
+# past its budget is stopped: the check writes what it has, names the part, and exits with status 3.
+BUDGETS = {"full": {"mask_tokenizer": 75, "policy_qwen2_5_vl_3b": 240, "eval": 120, "policy_qwen3_vl_4b": 240},
+           "smoke": {"mask_tokenizer": 300, "policy_qwen2_5_vl_3b": 600, "eval": 300, "policy_qwen3_vl_4b": 600}}  # fmt: skip
+
+
 def _sync(device: str) -> None:
     if device.startswith("cuda"):
         torch.cuda.synchronize()
@@ -168,35 +174,62 @@ def check_mask_tokenizer(mode: str, device: str, folder: Path) -> tuple[dict, Pa
 # --------------------------------------------------------------------------------------- 2. the policy, 3. eval
 
 
-def build_policy(config_file: Path, folder: Path, vocab: int, device: str) -> Path:
-    """A random policy of `config_file`'s sizes with the tiny BPE tokenizer filled to `vocab` rows (placeholder
-    tokens), then the 514 mask tokens added as SAMTok does: the embedding has the real number of rows."""
-    from tokenizers import AddedToken
-    from transformers import AutoConfig, AutoModelForImageTextToText
+def real_vocab_processor(kind: str, vocab: int, folder: Path) -> Path:
+    """The tiny processor with its tokenizer filled to `vocab` entries, saved to `folder` once and reused by every
+    part (trainer, vLLM, eval). The filler entries go into the BPE model's own vocabulary (`tokenizer.json`), not in
+    as 151 k added tokens: a tokenizer with that many added tokens took 18 s to load, each time one was loaded."""
+    from transformers import AutoProcessor
 
     from samtok_rl.tiny import build_tiny_processor
+
+    if (folder / "tokenizer.json").is_file():
+        return folder
+    processor = build_tiny_processor(kind)
+    # The real processor's pixel bounds (the tiny one keeps images at a few tokens).
+    processor.image_processor.size = {"shortest_edge": 3136, "longest_edge": 1_605_632}
+    processor.save_pretrained(folder)
+    state = json.loads((folder / "tokenizer.json").read_text())
+    # transformers numbers the added (special) tokens after the model's vocabulary when it loads: the fillers go
+    # between the two, so the specials end at the top as in Qwen's own vocabulary (<|im_end|> 151645 there).
+    start, added = len(state["model"]["vocab"]), state["added_tokens"]
+    state["model"]["vocab"].update({f"<|fill_{k}|>": start + k for k in range(vocab - len(added) - start)})
+    for k, token in enumerate(added):
+        token["id"] = vocab - len(added) + k
+    (folder / "tokenizer.json").write_text(json.dumps(state, ensure_ascii=False))
+    tokenizer = AutoProcessor.from_pretrained(folder).tokenizer
+    assert len(tokenizer) == vocab and tokenizer.convert_tokens_to_ids("<|endoftext|>") == vocab - len(added)
+    return folder
+
+
+def build_policy(
+    config_file: Path, folder: Path, vocab: int, device: str, dtype=None, processor_dir: Path | None = None
+) -> Path:
+    """A random policy of `config_file`'s sizes with the tiny BPE tokenizer filled to `vocab` rows
+    (`real_vocab_processor`, built once under `processor_dir`), then the 514 mask tokens added as SAMTok does: the
+    embedding has the real number of rows. `dtype`: default bf16 on CUDA, fp32 on CPU."""
+    from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
+
     from samtok_rl.tokens import add_mask_tokens
 
     raw = json.loads(config_file.read_text())
     raw.pop("_comment", None)
     kind = raw["model_type"]
-    processor = build_tiny_processor(kind)
+    processor_dir = processor_dir or folder.parent / f"processor_{kind}_{vocab}"
+    processor = AutoProcessor.from_pretrained(real_vocab_processor(kind, vocab, processor_dir))
     tok = processor.tokenizer
-    tok.add_tokens([AddedToken(f"<|fill_{k}|>", normalized=False) for k in range(vocab - len(tok))])
     ids = {name: tok.convert_tokens_to_ids(token) for name, token in (
         ("image_token_id", "<|image_pad|>"), ("video_token_id", "<|video_pad|>"),
         ("vision_start_token_id", "<|vision_start|>"), ("vision_end_token_id", "<|vision_end|>"))}  # fmt: skip
     raw.update(ids, eos_token_id=tok.convert_tokens_to_ids("<|im_end|>"), pad_token_id=tok.pad_token_id)
     raw["text_config"].update(vocab_size=vocab, eos_token_id=raw["eos_token_id"], pad_token_id=tok.pad_token_id)
     config = AutoConfig.for_model(**raw)
-    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    if dtype is None:
+        dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
     with torch.device(device):
         model = AutoModelForImageTextToText.from_config(config, dtype=dtype)
     add_mask_tokens(processor, model)
     model.generation_config.eos_token_id = [raw["eos_token_id"], tok.pad_token_id]
     model.generation_config.pad_token_id = tok.pad_token_id
-    # The real processor's pixel bounds (the tiny one keeps images at a few tokens).
-    processor.image_processor.size = {"shortest_edge": 3136, "longest_edge": 1_605_632}
     model.save_pretrained(folder)
     processor.save_pretrained(folder)
     return folder
@@ -310,7 +343,7 @@ def run_policy(mode: str, config_file: Path, mask_tokenizer: Path, device: str, 
     return figures
 
 
-def run_eval(mode: str, policy: Path, mask_tokenizer: Path, out: Path) -> dict:
+def run_eval(mode: str, policy: Path, mask_tokenizer: Path, out: Path, budget: float) -> dict:
     """Part 3 (in a child process): `samtok-rl eval` as a user runs it."""
     tokenizer_args = (["--mask_tokenizer", str(mask_tokenizer.parent)] if mode == "full" else
                       ["--mask_tokenizer", "micro"])  # fmt: skip
@@ -323,7 +356,10 @@ def run_eval(mode: str, policy: Path, mask_tokenizer: Path, out: Path) -> dict:
     else:
         cmd += ["--device", "cpu", "--max_pixels", "12544"]
     start = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    try:
+        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=budget)
+    except subprocess.TimeoutExpired as err:
+        raise Overran("eval") from err
     if proc.returncode:
         raise RuntimeError(f"samtok-rl eval failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
     metrics = json.loads((out / "eval" / "metrics.json").read_text())
@@ -334,18 +370,29 @@ def run_eval(mode: str, policy: Path, mask_tokenizer: Path, out: Path) -> dict:
 
 
 def child(args) -> None:
-    """`--child policy`: parts 2 in its own process; the figures go to `--child_out` as JSON."""
+    """`--child <part>`: one part in its own process; the figures go to `--child_out` as JSON."""
     out = Path(args.child_out)
-    result = run_policy(args.mode, Path(args.config_file), Path(args.mask_tokenizer), args.device, out.parent)
+    if args.child == "mask_tokenizer":
+        figures, saved = check_mask_tokenizer(args.mode, args.device, out.parent)
+        result = {"figures": figures, "saved": str(saved)}
+    else:
+        result = run_policy(args.mode, Path(args.config_file), Path(args.mask_tokenizer), args.device, out.parent)
     out.write_text(json.dumps(result))
 
 
-def _spawn(part: str, mode: str, device: str, work: Path, **paths) -> dict:
+class Overran(Exception):
+    """A part ran past its budget (`BUDGETS`); it was stopped."""
+
+
+def _spawn(part: str, mode: str, device: str, work: Path, budget: float, **paths) -> dict:
     target = work / f"{part}.json"
     cmd = [sys.executable, __file__, "--child", part, "--mode", mode, "--device", device, "--child_out", str(target)]
     for key, value in paths.items():
         cmd += [f"--{key}", str(value)]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    try:
+        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=budget)
+    except subprocess.TimeoutExpired as err:  # the child is killed by subprocess.run
+        raise Overran(part) from err
     if proc.returncode:
         raise RuntimeError(f"gpu_check part {part!r} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
     return json.loads(target.read_text())
@@ -380,6 +427,12 @@ def table(result: dict) -> str:
             elif isinstance(value, list):
                 value = ", ".join(f"{v:.3g}" for v in value)
             lines.append(f"| {part} | {key} | {value} |")
+    for part, seconds in result.get("part_s", {}).items():
+        lines.append(f"| {part} | seconds / budget | {seconds:.0f} / {result['budgets_s'][part]:.0f} |")
+    if "overran" in result:
+        lines.append(
+            f"| {result['overran']['part']} | OVERRAN its budget | stopped at {result['overran']['budget_s']:.0f} s |"
+        )
     return "\n".join(lines)
 
 
@@ -389,7 +442,9 @@ def main() -> None:
     parser.add_argument("--qwen3", action="store_true", help="also the policy at Qwen3-VL-4B size")
     parser.add_argument("--out", default=None, help="the JSON (default benchmarks/results/gpu_check[_smoke].json)")
     # Child-process arguments (internal).
-    parser.add_argument("--child", choices=["policy"], help=argparse.SUPPRESS)
+    parser.add_argument("--budget", action="append", default=[], metavar="PART=SECONDS",
+                        help=f"override a part's budget (parts: {', '.join(BUDGETS['full'])})")  # fmt: skip
+    parser.add_argument("--child", choices=["mask_tokenizer", "policy"], help=argparse.SUPPRESS)
     parser.add_argument("--mode", help=argparse.SUPPRESS)
     parser.add_argument("--device", help=argparse.SUPPRESS)
     parser.add_argument("--child_out", help=argparse.SUPPRESS)
@@ -402,32 +457,58 @@ def main() -> None:
     mode = "smoke" if args.smoke else "full"
     if mode == "full" and not torch.cuda.is_available():
         raise SystemExit("gpu_check: no CUDA GPU here; `--smoke` runs the same code path on CPU")
+    budgets = dict(BUDGETS[mode])
+    for item in args.budget:
+        part, _, seconds = item.partition("=")
+        if part not in budgets:
+            raise SystemExit(f"gpu_check: --budget {item!r}: no part {part!r} (parts: {', '.join(budgets)})")
+        budgets[part] = float(seconds)
     device = "cuda:0" if mode == "full" else "cpu"
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     out = Path(args.out) if args.out else RESULTS / f"gpu_check{'_smoke' if args.smoke else ''}.json"
     start = time.perf_counter()
     result = {"mode": mode, "device": torch.cuda.get_device_name(0) if mode == "full" else platform.processor() or
-              "cpu", "versions": versions()}  # fmt: skip
+              "cpu", "versions": versions(), "budgets_s": budgets, "part_s": {}}  # fmt: skip
     suffix = "" if mode == "full" else "_smoke"
+    policies = [("policy_qwen2_5_vl_3b", CONFIGS / f"qwen2_5_vl_3b{suffix}.json")]
+    if args.qwen3:
+        policies.append(("policy_qwen3_vl_4b", CONFIGS / f"qwen3_vl_4b{suffix}.json"))
+
+    def timed_part(name, fn, *args, **kwargs):
+        begin = time.perf_counter()
+        try:
+            result[name] = fn(*args, **kwargs)
+        finally:
+            result["part_s"][name] = time.perf_counter() - begin
+
     with tempfile.TemporaryDirectory(prefix="samtok-gpu-check-") as tmp:
         work = Path(tmp)
-        result["mask_tokenizer"], saved = check_mask_tokenizer(mode, device, work)
-        if device.startswith("cuda"):
-            torch.cuda.empty_cache()
-        policies = [("policy_qwen2_5_vl_3b", CONFIGS / f"qwen2_5_vl_3b{suffix}.json")]
-        if args.qwen3:
-            policies.append(("policy_qwen3_vl_4b", CONFIGS / f"qwen3_vl_4b{suffix}.json"))
-        for key, config_file in policies:
-            part = work / key
-            part.mkdir()
-            result[key] = _spawn("policy", mode, device, part, config_file=config_file, mask_tokenizer=saved)
-            if key == "policy_qwen2_5_vl_3b":
-                result["eval"] = run_eval(mode, part / "policy", saved, part)  # its own process: `samtok-rl eval`
+        try:
+            (work / "tok").mkdir()
+            timed_part(
+                "mask_tokenizer", _spawn, "mask_tokenizer", mode, device, work / "tok", budgets["mask_tokenizer"]
+            )
+            saved = Path(result["mask_tokenizer"].pop("saved"))
+            result["mask_tokenizer"] = result["mask_tokenizer"]["figures"]
+            for key, config_file in policies:
+                part = work / key
+                part.mkdir()
+                timed_part(key, _spawn, "policy", mode, device, part, budgets[key], config_file=config_file,
+                           mask_tokenizer=saved)  # fmt: skip
+                if key == "policy_qwen2_5_vl_3b":  # its own process: `samtok-rl eval`
+                    timed_part("eval", run_eval, mode, part / "policy", saved, part, budgets["eval"])
+        except Overran as err:
+            result["overran"] = {"part": str(err), "budget_s": budgets[str(err)]}
     result["total_s"] = time.perf_counter() - start
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1))
     print(table(result))
     print(f"\n{result['device']}; {result['versions']}; {result['total_s']:.0f} s; written to {out}")
+    if "overran" in result:
+        over = result["overran"]
+        print(f"gpu_check: part {over['part']} ran past its budget of {over['budget_s']:.0f} s and was stopped; "
+              "the parts before it are above")  # fmt: skip
+        raise SystemExit(3)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from contextlib import nullcontext
 from pathlib import Path
 
 import datasets
+import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor
 from trl import get_peft_config
 
@@ -181,10 +182,31 @@ def add_mask_tokens_and_save(path: str, script_args, model_args, training_args) 
 
 
 def freeze_vision_tower(model) -> int:
-    """Freeze the vision tower (patch embedding, blocks, merger); returns the number of frozen parameters."""
+    """Freeze the vision tower (patch embedding, blocks, merger) and keep it out of backward; returns the number of
+    frozen parameters.
+
+    transformers' `enable_input_require_grads` (which TRL and PEFT call for LoRA with gradient checkpointing) hooks the
+    input embeddings of every `PreTrainedModel` in the tree, the vision tower's patch embedding included: its output
+    then requires grad, and backward runs through the whole frozen tower, recomputing every checkpointed block (at the
+    3B's 2,048-token images that was about twice the tower's forward, measured on CPU). The tower's outputs are detached
+    instead: nothing in it trains, so no gradient changes.
+    """
     model.model.visual.requires_grad_(False)
+    model.model.visual.register_forward_hook(_detached_output)
     # Under ZeRO-3 each parameter is an empty placeholder on every rank; DeepSpeed keeps the full size in ds_numel.
     return sum(p.ds_numel if hasattr(p, "ds_numel") else p.numel() for p in model.model.visual.parameters())
+
+
+def _detached_output(module, args, output):
+    """Forward hook: the module's output tensors detached (a tensor, a tuple, or a `ModelOutput` / dict)."""
+    if isinstance(output, torch.Tensor):
+        return output.detach()
+    if isinstance(output, tuple):
+        return tuple(o.detach() if isinstance(o, torch.Tensor) else o for o in output)
+    for key in list(output.keys()):
+        if isinstance(output[key], torch.Tensor):
+            output[key] = output[key].detach()
+    return output
 
 
 def make_peft_config(model_args, training_args):

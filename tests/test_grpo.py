@@ -356,3 +356,56 @@ def test_a_sampled_vision_placeholder_ends_its_completion(tmp_path, datasets_dir
                   "--reward_funcs", VARYING, "--generation_kwargs", bias, "--max_completion_length", "24")  # fmt: skip
     cut = [e["completions/cut_at_vision_token"] for e in trainer.state.log_history if "reward" in e]
     assert len(cut) == 2 and max(cut) > 0, cut
+
+
+@pytest.mark.parametrize("kind", ["qwen2_5_vl", "qwen3_vl"])
+def test_backward_skips_the_frozen_vision_tower(kind, tiny_models):
+    """With LoRA and gradient checkpointing, transformers hooks the vision tower's patch embedding to require grad:
+    backward then recomputed every checkpointed vision block (seen at the 3B's real size). Frozen, the tower's output
+    is detached: no vision block runs during backward, and the trained parameters get the same gradients."""
+    from peft import LoraConfig, get_peft_model
+    from PIL import Image
+    from transformers import AutoProcessor
+    from trl.data_utils import prepare_multimodal_messages
+
+    from samtok_rl.prompts import conversation, gres_question
+
+    processor = AutoProcessor.from_pretrained(tiny_models[kind])
+    image = Image.fromarray(
+        torch.randint(0, 256, (64, 96, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)).numpy()
+    )
+    prompt = prepare_multimodal_messages(conversation(gres_question("the cup")), images=[image])
+    batch = processor.apply_chat_template([prompt], add_generation_prompt=True, tokenize=True, return_dict=True,
+                                          return_tensors="pt")  # fmt: skip
+
+    def grads_and_vision_calls(detach: bool):
+        torch.manual_seed(0)
+        model = AutoModelForImageTextToText.from_pretrained(tiny_models[kind], dtype=torch.float32)
+        if detach:
+            loading.freeze_vision_tower(model)
+        else:
+            model.model.visual.requires_grad_(False)  # frozen the old way: parameters only
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+        model.enable_input_require_grads()  # what TRL's PEFT path does with gradient checkpointing
+        model.train()  # transformers checkpoints only in training mode, as the trainer runs it
+        calls = {"backward": 0}
+        in_backward = {"now": False}
+        block = model.base_model.model.model.visual.blocks[0].attn  # the recompute runs the block's insides
+        block.register_forward_hook(lambda *a: calls.__setitem__("backward", calls["backward"] + in_backward["now"]))
+        loss = model(**batch).logits.float().pow(2).mean()
+        in_backward["now"] = True
+        loss.backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+        return grads, calls["backward"]
+
+    before, calls_before = grads_and_vision_calls(detach=False)
+    after, calls_after = grads_and_vision_calls(detach=True)
+    # The negative control. Qwen3-VL's vision model names no input-embedding layer, so transformers hooks nothing in
+    # it and it was never affected; Qwen2.5-VL's names its patch embedding.
+    if kind == "qwen2_5_vl":
+        assert calls_before > 0, "without the detach, backward recomputes the vision blocks"
+    else:
+        assert calls_before == 0
+    assert calls_after == 0
+    assert before.keys() == after.keys() and all(torch.allclose(before[n], after[n]) for n in before)
