@@ -30,7 +30,7 @@ test-slow: $(STAMP)
 # repack into oneDNN / sgl / zentorch kernels), torch's plain linear forced, and vLLM's sgl kernel (AMX CPUs' path,
 # which keeps fp32 biases) forced on a bf16 engine (skipped on CPUs without AVX-512-BF16, whose vLLM kernel library
 # lacks it), so every machine covers both weight-sync layouts and the kernels' dtypes.
-test-vllm:
+test-vllm: $(STAMP)
 	bash scripts/install_vllm_env.sh
 	.venv-vllm/bin/python -m pytest -q -m vllm tests
 	SAMTOK_VLLM_DTYPE=bfloat16 .venv-vllm/bin/python -m pytest -q -rP -m vllm tests/test_vllm_on_policy.py

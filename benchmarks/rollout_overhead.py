@@ -67,7 +67,9 @@ def main() -> None:
         {"prompt_token_ids": collapse_image_runs(ids, processor.image_token_id), "multi_modal_data": {"image": image}}
         for ids, image in zip(prompts, images)
     ]
-    params = SamplingParams(n=1, temperature=1.0, max_tokens=args.tokens, ignore_eos=True, logprobs=0)
+    # The sampling settings TRL builds in colocate mode (`VLLMGeneration.generate`), so only the wrapper differs.
+    params = SamplingParams(n=1, repetition_penalty=1.0, temperature=1.0, top_p=1.0, top_k=0, min_p=0.0,
+                            max_tokens=args.tokens, logprobs=0, ignore_eos=True)  # fmt: skip
 
     def wrapped() -> int:
         _, completions, _, _ = generation.generate(prompts, per_image, args.generations)

