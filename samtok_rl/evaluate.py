@@ -149,13 +149,9 @@ def read_split(task: str, data: Path, split: str, images: Path | None = None):
 def read_parquet_split(task: str, data: Path, images: Path | None):
     """The `task` rows of an authors' RL parquet file (converted once into the cache, as `dataset:` in training),
     each with the `question` its prompt asks; `images` is the folder of rows without image bytes."""
-    from samtok_rl.loading import easyr1_dir
-    from samtok_rl.prepare import PrepareConfig, run_easyr1
+    from samtok_rl.loading import load_parquet
 
-    root = str(images) if images else None
-    prepared = run_easyr1(
-        PrepareConfig(output_dir=str(easyr1_dir(str(data), root)), parquet=str(data), image_root=root, progress=False)
-    )
+    prepared = load_parquet(str(data), str(images) if images else None)
     rows = []
     for row in prepared.filter(lambda r: r["task"] == task):
         index = len(rows)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -114,6 +115,15 @@ def read_json_lines(path: Path, key: str | None = None) -> tuple[list[dict], lis
         else:
             rejected.append((number, line))
     return records, rejected
+
+
+def sha256_file(path: str | Path) -> str:
+    """The sha256 of a file's bytes, read in 16 MiB blocks (a checkpoint or a 2 GB parquet file never in memory whole)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 24), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def write_json_atomic(path: Path, payload: dict) -> None:

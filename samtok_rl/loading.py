@@ -55,6 +55,12 @@ def easyr1_dir(parquet: str, image_root: str | None) -> Path:
     return cache_dir("prepared") / f"easyr1-{path.stem}-{hashlib.sha256(key.encode()).hexdigest()[:10]}"
 
 
+def load_parquet(parquet: str, image_root: str | None = None):
+    """An authors' RL parquet file as prepared rows: converted into `easyr1_dir` the first time, loaded after."""
+    out = easyr1_dir(parquet, image_root)
+    return run_easyr1(PrepareConfig(output_dir=str(out), parquet=parquet, image_root=image_root, progress=False))
+
+
 def prepared_folder(dataset: str, image_root: str | None = None) -> Path:
     """The prepared folder behind a `dataset` value that is a folder or a parquet file."""
     return easyr1_dir(dataset, image_root) if dataset.endswith(".parquet") else Path(dataset)
@@ -111,12 +117,9 @@ def load_rows(script_args, training_args=None):
                 progress=False,
             )
     elif name.endswith(".parquet"):
-        out = easyr1_dir(name, script_args.image_root)
         first = training_args.main_process_first(desc="convert the parquet file") if training_args else nullcontext()
         with first:
-            dataset = run_easyr1(
-                PrepareConfig(output_dir=str(out), parquet=name, image_root=script_args.image_root, progress=False)
-            )
+            dataset = load_parquet(name, script_args.image_root)
     else:
         if not Path(name).is_dir():
             raise UsageError(f"dataset folder {name!r} does not exist; run `samtok-rl prepare --output {name}` first")

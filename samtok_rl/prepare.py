@@ -35,7 +35,7 @@ from samtok_rl.data import DataError, read_grandf_gcg, read_grefcoco, sample_pat
 from samtok_rl.data.easyr1 import EasyR1Rows, format_summary, read_easyr1
 from samtok_rl.data.grefcoco import RLE
 from samtok_rl.errors import UsageError
-from samtok_rl.files import check_output_dir, open_rgb, write_json_atomic
+from samtok_rl.files import check_output_dir, open_rgb, sha256_file, write_json_atomic
 from samtok_rl.logs import setup_logging
 from samtok_rl.mask_tokenizer import build_mask_tokenizer, check_mask_tokenizer_files, check_mask_tokenizer_source
 from samtok_rl.masks import decode_rle
@@ -463,11 +463,7 @@ def prepare_easyr1(
     if not rows.rows:
         raise UsageError(f"nothing to prepare: every row of {rows.path} was skipped ({rows.summary['skipped']})")
     out = Path(output_dir)
-    digest = hashlib.sha256()
-    with open(rows.path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 24), b""):
-            digest.update(block)
-    fingerprint = hashlib.sha256(json.dumps([digest.hexdigest(), settings], sort_keys=True).encode()).hexdigest()
+    fingerprint = hashlib.sha256(json.dumps([sha256_file(rows.path), settings], sort_keys=True).encode()).hexdigest()
     task = "+".join(sorted(rows.summary["tasks"]))
 
     images: list = []  # the file's `images` column, read once, when a shard left to do has embedded images

@@ -80,6 +80,10 @@ def format_prompt(problem: str, think: bool) -> list[dict]:
     return [{"role": "user", "content": content}]
 
 
+class MissingImage(DataError):
+    """A row's image file is not where its path (or `image_root`) says: the summary counts these apart."""
+
+
 @dataclass
 class ImageRef:
     """Where one row's image comes from: embedded bytes (written out once, named by content) or a local file."""
@@ -135,7 +139,7 @@ def _image_ref(images, where: str, image_root: Path | None) -> tuple[ImageRef, t
     local = image_root / Path(path).name if image_root is not None else Path(path)
     if not local.is_file():
         hint = "" if image_root is not None else "; set image_root to the folder of the images (COCO train2014)"
-        raise DataError(f"{where}, field images[0].path: {path!r} not found as {local}{hint}")
+        raise MissingImage(f"{where}, field images[0].path: {path!r} not found as {local}{hint}")
     try:
         with Image.open(local) as img:
             check_image_mode(img, local)
@@ -248,7 +252,7 @@ def read_easyr1(
                 out.row_index.append(index)
             except DataError as err:
                 skipped.record(err)
-                missing_images += "field images[0].path" in str(err) and "not found" in str(err)
+                missing_images += isinstance(err, MissingImage)
     skipped.warn()
     out.summary = summarize(out.rows, len(table), len(skipped.messages), missing_images)
     return out

@@ -6,14 +6,13 @@ rule picks the device. Training (the IoU reward, `sample:` datasets), `prepare`,
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import torch
 from huggingface_hub import try_to_load_from_cache
 
 from samtok_rl.errors import UsageError
-from samtok_rl.files import check_local_path, looks_local
+from samtok_rl.files import check_local_path, looks_local, sha256_file
 from samtok_rl.mask_tokenizer.checkpoint import CHECKPOINT_NAME
 from samtok_rl.mask_tokenizer.micro import build_micro_mask_tokenizer
 from samtok_rl.mask_tokenizer.tokenizer import MaskTokenizer
@@ -126,14 +125,6 @@ def _weights_path(name: str) -> Path | None:
     return Path(cached).resolve() if isinstance(cached, str) else None
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 24), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def same_mask_tokenizer(recorded: str, named: str) -> bool:
     """Whether two mask-tokenizer names load the same weights.
 
@@ -154,7 +145,7 @@ def same_mask_tokenizer(recorded: str, named: str) -> bool:
     if first == second:
         return True
     # Hashed only when the sizes agree: a different tokenizer is told apart without reading it.
-    return first.stat().st_size == second.stat().st_size and _sha256(first) == _sha256(second)
+    return first.stat().st_size == second.stat().st_size and sha256_file(first) == sha256_file(second)
 
 
 def build_mask_tokenizer(
