@@ -98,6 +98,27 @@ class SamtokScriptArguments:
             "dropped groups (zero advantage) and a warning is logged."
         },
     )
+    eval_dataset: str | None = field(
+        default=None,
+        metadata={
+            "help": "A held-out split evaluated with the benchmark's metrics during training (a prepared folder, "
+            "sample:gres / sample:gcg, or an authors' parquet file), scheduled by eval_strategy / eval_steps / "
+            "eval_on_start; logged as eval/<metric> (`samtok_rl.training_eval`)."
+        },
+    )
+    eval_max_samples: int | None = field(
+        default=None, metadata={"help": "Evaluate only the first N rows of eval_dataset."}
+    )
+    eval_max_new_tokens: int | None = field(
+        default=None, metadata={"help": "Generation budget of the evaluation (default: max_completion_length)."}
+    )
+    eval_temperature: float = field(
+        default=0.0, metadata={"help": "0: greedy answers, as `samtok-rl eval`; > 0: one sampled answer per row."}
+    )
+    eval_batch_size: int = field(default=8, metadata={"help": "Questions per generation call in the evaluation."})
+    eval_text_encoder: str = field(
+        default="bert-base-uncased", metadata={"help": "GCG Recall's phrase encoder (BERT folder or Hub id)."}
+    )
     max_train_samples: int | None = field(
         default=None, metadata={"help": "Keep only the first N dataset rows (debugging)."}
     )

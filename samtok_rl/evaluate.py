@@ -124,6 +124,10 @@ def read_split(task: str, data: Path, split: str, images: Path | None = None):
     data = Path(data)
     if data.suffix == ".parquet":
         return read_parquet_split(task, data, images)
+    if is_prepared(data):
+        from samtok_rl.prepare import load_prepared
+
+        return rows_from_prepared(load_prepared(data), task, data)
     if task == "gres":
         refs = _first([data / "grefs(unc).json", data / "grefcoco" / "grefs(unc).json"], "grefs(unc).json")
         root = refs.parent
@@ -151,7 +155,19 @@ def read_parquet_split(task: str, data: Path, images: Path | None):
     each with the `question` its prompt asks; `images` is the folder of rows without image bytes."""
     from samtok_rl.loading import load_parquet
 
-    prepared = load_parquet(str(data), str(images) if images else None)
+    return rows_from_prepared(load_parquet(str(data), str(images) if images else None), task, data)
+
+
+def is_prepared(data: Path) -> bool:
+    """Whether `data` is a folder written by `samtok-rl prepare` (its manifest names it)."""
+    from samtok_rl.prepare import MANIFEST
+
+    return (Path(data) / MANIFEST).is_file()
+
+
+def rows_from_prepared(prepared, task: str, where) -> datasets.Dataset:
+    """The `task` rows of a prepared dataset as eval rows, each with the `question` its prompt asks and its GT masks
+    (the same rows training reads: an eval split in training and `samtok-rl eval --data <folder>` agree)."""
     rows = []
     for row in prepared.filter(lambda r: r["task"] == task):
         index = len(rows)
@@ -163,7 +179,7 @@ def read_parquet_split(task: str, data: Path, images: Path | None):
             rows.append(common | {"image_id": str(index), "caption": gcg_caption(row["solution"]),
                                   "phrases": row["phrases"]})  # fmt: skip
     if not rows:
-        raise UsageError(f"{data} has no {task} rows (its tasks: {sorted(set(prepared['task']))})")
+        raise UsageError(f"{where} has no {task} rows (its tasks: {sorted(set(prepared['task']))})")
     return datasets.Dataset.from_list(rows)
 
 
@@ -282,6 +298,39 @@ def predict_records(
     return records
 
 
+def generate_records(
+    task: str,
+    samples: Sequence[Sample],
+    generator,
+    mask_tokenizer,
+    think: bool,
+    split: str,
+    batch_size: int,
+    write: Callable[[list[dict]], None] | None = None,
+) -> tuple[list[dict], float]:
+    """Answer `samples` with `generator` in batches and turn the answers into prediction records: the one path from
+    a model's text to decoded masks, shared by `samtok-rl eval` and the evaluation during training.
+
+    Returns:
+        `tuple[list[dict], float]`: the records in `samples` order and the seconds spent generating. `write` is called
+        with each batch's records as soon as they exist (the eval appends them to its predictions file).
+    """
+    strip_tokens = generator.strip_tokens()
+    records, seconds = [], 0.0
+    for k in range(0, len(samples), batch_size):
+        batch = samples[k : k + batch_size]
+        images = [open_rgb(s.image) for s in batch]
+        t0 = time.perf_counter()
+        texts = generator.generate([s.question for s in batch], images)
+        seconds += time.perf_counter() - t0
+        texts = [clean_output(t, strip_tokens) for t in texts]
+        batch_records = predict_records(task, batch, texts, images, mask_tokenizer, think, split)
+        if write is not None:
+            write(batch_records)
+        records += batch_records
+    return records, seconds
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Metrics.
 
@@ -342,6 +391,11 @@ def score_gcg(records: Sequence[dict], rows, text_similarity=None) -> dict:
         "samples_with_mismatch": sum(bool(r["phrases_without_span"] or r["spans_without_phrase"]) for r in records),
     }
     return metrics
+
+
+def score_split(task: str, records: Sequence[dict], rows, text_similarity=None) -> dict:
+    """The task's metrics of one split's records (in dataset order) against its GT rows."""
+    return score_gres(records, rows) if task == "gres" else score_gcg(records, rows, text_similarity)
 
 
 def write_glamm_predictions(records: Sequence[dict], folder: Path) -> None:
@@ -423,8 +477,9 @@ def evaluate(args: EvalConfig, generator=None, text_similarity=None, mask_tokeni
         Path(args.data) if args.data else Path(sample_paths().root) / ("grefcoco" if args.task == "gres" else "grandf")
     )
     splits = [s for s in args.split.split(",") if s]
-    if data.suffix == ".parquet" and len(splits) != 1:
-        raise UsageError(f"data {data} is one parquet file: give one split name to label it, not {args.split!r}")
+    if (data.suffix == ".parquet" or is_prepared(data)) and len(splits) != 1:
+        what = "one parquet file" if data.suffix == ".parquet" else "one prepared split"
+        raise UsageError(f"data {data} is {what}: give one split name to label it, not {args.split!r}")
     rows_by_split, samples_by_split = {}, {}
     for split in splits:
         samples_by_split[split], rows_by_split[split] = load_split(
@@ -474,24 +529,21 @@ def evaluate(args: EvalConfig, generator=None, text_similarity=None, mask_tokeni
     generated = 0
     gen_seconds = 0.0
     if num_todo:
-        strip_tokens = generator.strip_tokens()
         batch_size = args.batch_size or DEFAULT_BATCH_SIZE.get(backend, 8)
         progress = tqdm(total=num_todo, desc=f"eval {args.task}", disable=not args.progress)
         for split in splits:
             path = out_dir / f"predictions_{split}.jsonl"
-            for k in range(0, len(todo[split]), batch_size):
-                batch = todo[split][k : k + batch_size]
-                images = [open_rgb(s.image) for s in batch]
-                t0 = time.perf_counter()
-                texts = generator.generate([s.question for s in batch], images)
-                gen_seconds += time.perf_counter() - t0
-                texts = [clean_output(t, strip_tokens) for t in texts]
-                records = predict_records(args.task, batch, texts, images, mask_tokenizer, args.think, split)
+
+            def write(records, path=path, split=split):
                 with open(path, "a", encoding="utf-8") as f:  # one write per batch: a crash loses at most a batch
                     f.write("".join(json.dumps(r) + "\n" for r in records))
                 done[split].update((r["id"], r) for r in records)
-                generated += len(batch)
-                progress.update(len(batch))
+                progress.update(len(records))
+
+            _, seconds = generate_records(args.task, todo[split], generator, mask_tokenizer, args.think, split,
+                                          batch_size, write)  # fmt: skip
+            gen_seconds += seconds
+            generated += len(todo[split])
         progress.close()
     if owned:
         generator.close()
@@ -501,10 +553,8 @@ def evaluate(args: EvalConfig, generator=None, text_similarity=None, mask_tokeni
     split_metrics = {}
     for split in splits:
         records = [done[split][x.id] for x in samples_by_split[split]]  # dataset order, whatever the write order
-        if args.task == "gres":
-            split_metrics[split] = score_gres(records, rows_by_split[split])
-        else:
-            split_metrics[split] = score_gcg(records, rows_by_split[split], text_similarity)
+        split_metrics[split] = score_split(args.task, records, rows_by_split[split], text_similarity)
+        if args.task == "gcg":
             write_glamm_predictions(records, out_dir / "glamm_predictions" / split)
 
     result = {
@@ -594,8 +644,9 @@ class EvalConfig:
     data: str | None = field(
         default=None,
         metadata={
-            "help": "gRefCOCO folder (grefs(unc).json), GranD-f folder, or an authors' RL parquet file (its rows of "
-            "`task`, their own questions; `images` = its image_root; one split name labels the predictions)."
+            "help": "gRefCOCO folder (grefs(unc).json), GranD-f folder, a `samtok-rl prepare` folder or an authors' "
+            "RL parquet file (the last two: their rows of `task`, their own questions; `images` = a parquet file's "
+            "image_root; one split name labels the predictions)."
         },
     )
     sample: bool = field(default=False, metadata={"help": "Evaluate on the bundled real-photo sample."})

@@ -41,6 +41,19 @@ class HFGenerator:
             self.stop_ids.add(tok.eos_token_id)
         self.pad_id = tok.pad_token_id
 
+    @classmethod
+    def wrap(cls, model, processor, max_new_tokens: int) -> HFGenerator:
+        """A generator over an already loaded model and processor (the policy during training), left as they are:
+        the model's mode and the processor's padding side are not changed."""
+        self = cls.__new__(cls)
+        self.processor, self.model, self.device, self.max_new_tokens = processor, model, model.device, max_new_tokens
+        eos = model.generation_config.eos_token_id
+        self.stop_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+        if processor.tokenizer.eos_token_id is not None:
+            self.stop_ids.add(processor.tokenizer.eos_token_id)
+        self.pad_id = processor.tokenizer.pad_token_id
+        return self
+
     def image_resolution(self) -> dict:
         size = self.processor.image_processor.size
         return {"min_pixels": int(size["shortest_edge"]), "max_pixels": int(size["longest_edge"])}
@@ -66,7 +79,9 @@ class HFGenerator:
             self.processor.apply_chat_template(conversation(q), tokenize=False, add_generation_prompt=True)
             for q in questions
         ]
-        inputs = self.processor(text=texts, images=list(images), padding=True, return_tensors="pt").to(self.device)
+        inputs = self.processor(
+            text=texts, images=list(images), padding=True, padding_side="left", return_tensors="pt"
+        ).to(self.device)
         if not do_sample:
             sampling = {"temperature": None, "top_p": None, "top_k": None}
         with torch.inference_mode():
@@ -126,6 +141,18 @@ class VLLMGenerator:
         self.sampling = SamplingParams(
             temperature=0.0, top_p=1.0, max_tokens=max_new_tokens, skip_special_tokens=False, seed=seed
         )
+
+    @classmethod
+    def wrap(cls, llm, processor, max_new_tokens: int, seed: int) -> VLLMGenerator:
+        """A generator over a running engine (the trainer's colocated one, holding the synced policy weights)."""
+        from vllm import SamplingParams
+
+        self = cls.__new__(cls)
+        self.processor, self.llm = processor, llm
+        self.sampling = SamplingParams(
+            temperature=0.0, top_p=1.0, max_tokens=max_new_tokens, skip_special_tokens=False, seed=seed
+        )
+        return self
 
     image_resolution = HFGenerator.image_resolution
     strip_tokens = HFGenerator.strip_tokens

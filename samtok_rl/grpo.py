@@ -25,7 +25,7 @@ import rewards
 from samtok_rl.checks import (
     RUN_LOGS,
     check_columns,
-    check_generation_batch,
+    check_parsed,
     check_mask_tokens,
     check_prompt_format,
     check_recipe,
@@ -55,6 +55,7 @@ from samtok_rl.run_dir import cut_logs_to_step, lock_output_dir, record_run
 from samtok_rl.tiny import resolve_model_path
 from samtok_rl.tokens import MASK_TOKENS
 from samtok_rl.trainer import SamtokGRPOTrainer
+from samtok_rl.training_eval import BenchmarkEval, build_mask_tokenizer_for, build_text_similarity, load_eval_split
 
 
 logger = logging.getLogger(__name__)
@@ -74,7 +75,7 @@ def make_parser(prog: str = PROG):
     ('sample:gres', 'dapo', False)
     """
     # GRPOConfig checks its batch arithmetic while it is built: samtok-rl says it first, naming the fix.
-    return config_parser([SamtokScriptArguments, GRPOConfig, ModelConfig], prog=prog, check=check_generation_batch)
+    return config_parser([SamtokScriptArguments, GRPOConfig, ModelConfig], prog=prog, check=check_parsed)
 
 
 def short_help() -> str:
@@ -148,6 +149,7 @@ def main(script_args=None, training_args=None, model_args=None):
     check_columns(dataset, funcs, specs)
     check_tasks(dataset, specs)
     check_prompt_format(dataset, specs)
+    eval_split = load_eval_split(script_args, training_args, specs)
     identity = {
         "dataset": script_args.dataset, "task": script_args.reward_preset, "model": model_args.model_name_or_path,
         "rewards": specs, "reward_weights": training_args.reward_weights,
@@ -190,6 +192,13 @@ def main(script_args=None, training_args=None, model_args=None):
         logger.info("vision tower frozen (%d parameters)", freeze_vision_tower(model))
 
     # Train and save.
+    benchmark_eval = None
+    if eval_split is not None:
+        # Built before training on every process (each decodes its shard): a bad encoder or tokenizer fails now.
+        device = str(training_args.device)
+        benchmark_eval = BenchmarkEval(
+            eval_split, build_mask_tokenizer_for(eval_split, device), build_text_similarity(eval_split, device)
+        )
     trainer = SamtokGRPOTrainer(
         model=model,
         # Each reward decodes completion_ids itself, keeping the grounding markers TRL's decode drops.
@@ -204,6 +213,7 @@ def main(script_args=None, training_args=None, model_args=None):
         )
         if script_args.dynamic_sampling
         else None,
+        benchmark_eval=benchmark_eval,
     )
     if trainer.accelerator.is_main_process:
         # What `samtok-rl inspect` needs to decode and label the rollouts, and what a resume is compared with.

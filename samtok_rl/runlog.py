@@ -16,7 +16,7 @@ from transformers import TrainerCallback
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
 
-__all__ = ["METRICS_FILE", "CompactPrinterCallback", "CompactProgressCallback", "MetricsFileCallback", "step_line"]
+__all__ = ["METRICS_FILE", "CompactPrinterCallback", "CompactProgressCallback", "MetricsFileCallback", "step_line", "tracker_name"]
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -24,6 +24,16 @@ METRICS_FILE = "metrics.jsonl"
 def _short(name: str) -> str:
     """`rewards/gres_mask_reward/mean` -> `gres_mask`."""
     return name.removeprefix("rewards/").removesuffix("/mean").removesuffix("_reward")
+
+
+def tracker_name(key: str) -> str:
+    """A log key as the trackers show it: transformers' `eval_` prefix becomes `eval/` (its tracker callbacks'
+    `rewrite_logs`), so `metrics.jsonl`, the console and the tracker use one name.
+
+    >>> tracker_name("eval_giou"), tracker_name("reward")
+    ('eval/giou', 'reward')
+    """
+    return "eval/" + key.removeprefix("eval_") if key.startswith("eval_") else key
 
 
 def _num(value) -> str:
@@ -44,11 +54,13 @@ def step_line(logs: dict, step: int, max_steps: int | None = None) -> str:
     'step 3/20  reward 2.500 ± 0.400  [format 1.000]  kl 0.002  zero-std 0.250  1.50 s/step'
     >>> step_line({"train_runtime": 61.2, "train_loss": 0.01}, 20, 20)
     'step 20/20  train_runtime 61.200  train_loss 0.010'
+    >>> step_line({"eval_giou": 41.5, "eval_ciou": 38.25}, 20, 20)
+    'step 20/20  eval/giou 41.500  eval/ciou 38.250'
 
     """
     head = f"step {step}/{max_steps}" if max_steps else f"step {step}"
     if "reward" not in logs:
-        return "  ".join([head] + [f"{k} {_num(v)}" for k, v in logs.items() if k != "total_flos"])
+        return "  ".join([head] + [f"{tracker_name(k)} {_num(v)}" for k, v in logs.items() if k != "total_flos"])
     parts = [
         head,
         f"reward {_num(logs['reward'])}" + (f" ± {_num(logs['reward_std'])}" if "reward_std" in logs else ""),
@@ -93,7 +105,7 @@ class MetricsFileCallback(TrainerCallback):
             return
         path = Path(args.output_dir) / METRICS_FILE
         path.parent.mkdir(parents=True, exist_ok=True)
-        entry = {"step": state.global_step, **{k: v for k, v in logs.items() if k != "total_flos"}}
+        entry = {"step": state.global_step, **{tracker_name(k): v for k, v in logs.items() if k != "total_flos"}}
         with open(path, "a", encoding="utf-8") as f:
             f.write(json.dumps(entry, allow_nan=True) + "\n")
 

@@ -1,6 +1,6 @@
 """`SamtokGRPOTrainer`: TRL's `GRPOTrainer` with on-policy vLLM rollouts and a resume that restores the weights.
 
-The one thin subclass of TRL's trainer in samtok-rl. It overrides eight methods, all pinned to the TRL release in
+The one thin subclass of TRL's trainer in samtok-rl. It overrides nine methods, all pinned to the TRL release in
 `samtok_rl.vllm_rollouts.TRL_VERSION` by `tests/test_trl_pins.py`:
 
 - `__init__`: with `use_vllm`, TRL's `VLLMGeneration` is replaced by [`OnPolicyVLLMGeneration`] for the duration of
@@ -9,6 +9,8 @@ The one thin subclass of TRL's trainer in samtok-rl. It overrides eight methods,
   order as the uninterrupted run (see [`EpochRepeatSampler`]).
 - `_load_from_checkpoint`: full-model checkpoints are reloaded through `from_pretrained` (see below).
 - `_load_optimizer_and_scheduler`: with several CPU processes the optimizer state is restored to the CPU.
+- `evaluate`: with a benchmark split (`eval_dataset` in the recipe), the benchmark's evaluation
+  (`samtok_rl.training_eval`) instead of TRL's.
 - `log`: also appends the logged step's rollouts to `<output_dir>/rollouts.jsonl` (`samtok_rl.rollouts`).
 - `_generate_single_turn`: completions are cut before a sampled vision placeholder token (`samtok_rl.completions`).
 - `_calculate_rewards` (records the gathered rewards) and `_generate_and_score_completions` (more rounds, then the
@@ -35,6 +37,7 @@ from samtok_rl.completions import cut_at_placeholders
 from samtok_rl.dynamic_sampling import DynamicSampling, group_reward_std, merge_rounds, refill_indices, select_groups
 from samtok_rl.rollouts import append_rollouts, rollout_records
 from samtok_rl.runlog import use_compact_logs
+from samtok_rl.training_eval import BenchmarkEval, evaluate_policy
 from samtok_rl.vllm_rollouts import OnPolicyVLLMGeneration, engine_kwargs_for
 
 
@@ -81,7 +84,10 @@ class SamtokGRPOTrainer(GRPOTrainer):
     """
 
     def __init__(self, model, *args, rollout_prompts: int = 0, dynamic_sampling: DynamicSampling | None = None,
-                 **kwargs):  # fmt: skip
+                 benchmark_eval: BenchmarkEval | None = None, **kwargs):  # fmt: skip
+        self.benchmark_eval = benchmark_eval
+        if benchmark_eval is not None and kwargs.get("eval_dataset") is None:
+            kwargs["eval_dataset"] = benchmark_eval.rows_dataset()
         self.rollout_prompts = rollout_prompts
         self._rollouts_step = -1
         self.dynamic_sampling = dynamic_sampling
@@ -118,6 +124,15 @@ class SamtokGRPOTrainer(GRPOTrainer):
             )
             append_rollouts(self.args.output_dir, records)
         super().log(logs, start_time)
+
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
+        # With a benchmark split the evaluation is the benchmark's (`samtok_rl.training_eval`): greedy answers scored
+        # with the task's metrics. TRL's evaluation (sampled groups, rewards and loss on `eval_dataset`) is kept for
+        # recipes without one.
+        if self.benchmark_eval is None:
+            return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
+        bench = self.benchmark_eval
+        return evaluate_policy(self, bench.split, bench.mask_tokenizer, bench.text_similarity)
 
     def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
         completion_ids, logprobs = super()._generate_single_turn(

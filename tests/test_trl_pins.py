@@ -15,6 +15,8 @@ import pytest
 import transformers
 import trl
 from transformers import Trainer
+from transformers.integrations.integration_utils import rewrite_logs
+from transformers.trainer_callback import DefaultFlowCallback
 from trl import GRPOTrainer
 from trl.generation.vllm_generation import VLLMGeneration
 from trl.trainer.utils import RepeatSampler, split_pixel_values_by_grid, unsplit_pixel_values_by_grid
@@ -46,6 +48,14 @@ PINNED = {
     GRPOTrainer._prepare_inputs: "f824e7fb07147956",
     split_pixel_values_by_grid: "3aca66e33a7978d3",
     unsplit_pixel_values_by_grid: "9d31b407fc5f4399",
+    # Benchmark evaluation during training: `evaluate` is replaced when a benchmark split is set (it logs the metrics
+    # and calls `on_evaluate`, as this does); `_evaluate` and `_determine_best_metric` read the returned `eval_` keys;
+    # the flow callback adds the last step's evaluation; `rewrite_logs` is how trackers name `eval_` keys `eval/`.
+    Trainer.evaluate: "47001f3acc991bc4",
+    Trainer._evaluate: "d8237204ce5fd577",
+    Trainer._determine_best_metric: "7aa77355a0c33b67",
+    DefaultFlowCallback.on_step_end: "33eb820c7cd1a18c",
+    rewrite_logs: "c0d6c5a08ddd6d6d",
 }
 
 

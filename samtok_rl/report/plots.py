@@ -27,6 +27,11 @@ PANELS = (
         lambda k: (k.startswith("gres/") or k.startswith("gcg/")) and ("rate" in k or "no_target" in k),
     ),
     ("GRPO signal", lambda k: k in ("frac_reward_zero_std", "reward_std", "kl", "entropy", "clip_ratio/region_mean")),
+    # The benchmark's metrics on the eval split (`samtok_rl.training_eval`), in percent.
+    (
+        "eval split: benchmark metrics",
+        lambda k: k.startswith("eval/") and k not in ("eval/samples", "eval/seconds"),
+    ),
 )
 
 

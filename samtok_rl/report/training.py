@@ -55,6 +55,18 @@ def read_step_metrics(path: Path) -> list[dict]:
     return [by_step[s] for s in sorted(by_step)]
 
 
+def read_eval_metrics(path: Path) -> list[dict]:
+    """The benchmark evaluations of `metrics.jsonl` (`samtok_rl.training_eval`: entries with `eval/<metric>`), one per
+    step (a resumed run's last), by step."""
+    from samtok_rl.training_eval import LOGGED
+
+    names = {f"eval/{n}" for names in LOGGED.values() for n in names.values()}
+    if not path.is_file():
+        return []
+    by_step = {e["step"]: e for e in _jsonl(path) if "step" in e and names & e.keys()}
+    return [by_step[s] for s in sorted(by_step)]
+
+
 def read_rollouts(path: Path) -> dict[int, list[dict]]:
     """`rollouts.jsonl` by step. A step written again (a run resumed before it) keeps its latest records only."""
     steps: dict[int, list[dict]] = {}
@@ -181,6 +193,22 @@ def decode_groups(groups: list[list[dict]], tokenizer) -> list[tuple[np.ndarray,
     return out
 
 
+def _evaluations_table(run_dir: Path, evaluations: list[dict]) -> str:
+    """The benchmark evaluations during training, one row per step, each naming its `samtok-rl eval` folder."""
+    from samtok_rl.training_eval import eval_folder
+
+    keys = [k for k in dict.fromkeys(k for e in evaluations for k in e) if k.startswith("eval/")]
+    rows = []
+    for e in evaluations:
+        folder = eval_folder(run_dir, e["step"])
+        where = str(folder.relative_to(run_dir)) if folder.is_dir() else "(folder missing)"
+        rows.append([e["step"], *("-" if e.get(k) is None else f"{e[k]:.2f}" if isinstance(e[k], float) else e[k]
+                                  for k in keys), where])  # fmt: skip
+    return ("<h2>Evaluations on the eval split</h2><p class=\"note\">The benchmark's metrics of the policy at each "
+            "evaluation; each folder is a `samtok-rl eval` folder: `samtok-rl inspect` draws its masks.</p>"
+            + table(["step", *keys, "predictions"], rows))  # fmt: skip
+
+
 def training_report(run_dir: Path, report_dir: Path, mask_tokenizer, max_groups: int = 200) -> dict:
     """Write `report_dir/index.html` for the training run in `run_dir`; returns a summary (counts, paths).
 
@@ -199,12 +227,15 @@ def training_report(run_dir: Path, report_dir: Path, mask_tokenizer, max_groups:
     pictures = Pictures(report_dir)
     body = []
 
-    plots = plot_curves(entries, report_dir / "img")
+    evaluations = read_eval_metrics(run_dir / METRICS_FILE)
+    plots = plot_curves(entries + evaluations, report_dir / "img")
     if plots:
         body.append('<h2>Curves</h2><div class="plots">' + "".join(
             f'<img src="img/{p.name}" alt="{esc(t)}" title="{esc(t)}">' for t, p in plots) + "</div>")  # fmt: skip
     else:
         body.append(f'<p class="note">No {METRICS_FILE} in {esc(run_dir)}: no curves.</p>')
+    if evaluations:
+        body.append(_evaluations_table(run_dir, evaluations))
 
     groups_per_step = {
         step: len({r["prompt_index"] for r in records}) for step, records in rollouts.items() if step is not None
