@@ -84,7 +84,9 @@ class HFGenerator:
         ).to(self.device)
         if not do_sample:
             sampling = {"temperature": None, "top_p": None, "top_k": None}
-        with torch.inference_mode():
+        # no_grad, not inference_mode: on the policy during training (FSDP2), tensors made in inference mode (the
+        # all-gathered parameters' buffers) would refuse the in-place updates of the next training step.
+        with torch.no_grad():
             out = self.model.generate(
                 **inputs, max_new_tokens=self.max_new_tokens, do_sample=do_sample,
                 num_return_sequences=num_return_sequences, **sampling,

@@ -1,13 +1,14 @@
 """`SamtokGRPOTrainer`: TRL's `GRPOTrainer` with on-policy vLLM rollouts and a resume that restores the weights.
 
-The one thin subclass of TRL's trainer in samtok-rl. It overrides nine methods, all pinned to the TRL release in
+The one thin subclass of TRL's trainer in samtok-rl. It overrides ten methods, all pinned to the TRL release in
 `samtok_rl.vllm_rollouts.TRL_VERSION` by `tests/test_trl_pins.py`:
 
 - `__init__`: with `use_vllm`, TRL's `VLLMGeneration` is replaced by [`OnPolicyVLLMGeneration`] for the duration of
   TRL's own `__init__`, with the trainer's dtype and pixel limits for the colocated engine.
 - `_get_train_sampler`: TRL's `RepeatSampler` with `set_epoch`, so a run resumed in a later epoch draws the same prompt
   order as the uninterrupted run (see [`EpochRepeatSampler`]).
-- `_load_from_checkpoint`: full-model checkpoints are reloaded through `from_pretrained` (see below).
+- `_load_from_checkpoint` and `_load_best_model`: full-model checkpoints are reloaded through `from_pretrained` (see
+  below), on resume and for `load_best_model_at_end`.
 - `_load_optimizer_and_scheduler`: with several CPU processes the optimizer state is restored to the CPU.
 - `evaluate`: with a benchmark split (`eval_dataset` in the recipe), the benchmark's evaluation
   (`samtok_rl.training_eval`) instead of TRL's.
@@ -231,6 +232,16 @@ class SamtokGRPOTrainer(GRPOTrainer):
             with mock.patch.object(torch, "load", _load_on_cpu):
                 return super()._load_optimizer_and_scheduler(checkpoint)
         return super()._load_optimizer_and_scheduler(checkpoint)
+
+    def _load_best_model(self) -> None:
+        # transformers restores a full-model best checkpoint with the same plain non-strict `load_state_dict` as a
+        # resume (see `_load_from_checkpoint`): no key matches and `load_best_model_at_end` would keep the last
+        # weights with a warning. PEFT adapters, FSDP and DeepSpeed keep the stock path.
+        if isinstance(self.model, PeftModel) or self.is_fsdp_enabled or self.is_deepspeed_enabled:
+            return super()._load_best_model()
+        logger.info("restoring the best model: %s (%s %s)", self.state.best_model_checkpoint,
+                    self.args.metric_for_best_model, self.state.best_metric)  # fmt: skip
+        self._load_from_checkpoint(self.state.best_model_checkpoint)
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
         """Reload full-model checkpoints through `from_pretrained`.

@@ -81,8 +81,9 @@ class EvalSplit:
         from samtok_rl.parsing import GRES_MAX_SPANS
 
         decoding = (
-            "greedy (do_sample=False, top_p=1.0)" if self.temperature == 0 else f"sampled (temperature="
-            f"{self.temperature}, top_p=1.0, seed {self.seed} + step)"
+            "greedy (do_sample=False, top_p=1.0)"
+            if self.temperature == 0
+            else f"sampled (temperature={self.temperature}, top_p=1.0, seed {self.seed} + step)"
         ) + ", skip_special_tokens=False"
         return {
             "task": self.task, "model": model, "data": self.data, "images": self.images, "backend": backend,
@@ -129,9 +130,13 @@ def check_eval_schedule(values) -> None:
     if not getattr(values, "load_best_model_at_end", False):
         return
     eval_steps = values.eval_steps if values.eval_steps is not None else values.logging_steps
-    if str(values.eval_strategy) == "steps" and str(values.save_strategy) == "steps" and values.save_steps % eval_steps:
+    if (
+        str(values.eval_strategy) == "steps"
+        and str(values.save_strategy) == "steps"
+        and values.save_steps % eval_steps
+    ):
         raise UsageError(
-            f"load_best_model_at_end: save_steps {values.save_steps} is not a multiple of eval_steps {eval_steps}, "
+            f"load_best_model_at_end: save_steps {values.save_steps:g} is not a multiple of eval_steps {eval_steps:g}, "
             "so the best evaluation could have no checkpoint to restore; make save_steps a multiple of eval_steps"
         )
 
@@ -145,12 +150,12 @@ def check_eval_recipe(script_args, training_args) -> None:
         if strategy != "no":
             raise UsageError(
                 f"eval_strategy is {strategy!r} but no eval_dataset is set: name a prepared split (or sample:gres) "
-                "with eval_dataset, or set eval_strategy: \"no\""
+                'with eval_dataset, or set eval_strategy: "no"'
             )
         return
     if strategy == "no":
         raise UsageError(
-            f"eval_dataset {script_args.eval_dataset!r} is set but eval_strategy is \"no\": set eval_strategy: steps "
+            f'eval_dataset {script_args.eval_dataset!r} is set but eval_strategy is "no": set eval_strategy: steps '
             "and eval_steps (eval_on_start: true adds step 0)"
         )
     if script_args.eval_max_samples is not None and script_args.eval_max_samples < 1:
@@ -211,7 +216,9 @@ def load_eval_split(script_args, training_args, reward_specs: Sequence[str]) -> 
         folder = str(sample_dir(task, script_args.mask_tokenizer))
     else:
         folder = str(Path(name).resolve())
-    images = str(Path(script_args.image_root).resolve()) if name.endswith(".parquet") and script_args.image_root else None
+    images = (
+        str(Path(script_args.image_root).resolve()) if name.endswith(".parquet") and script_args.image_root else None
+    )
     tokenizer = script_args.mask_tokenizer or prepared_tokenizer(folder if not name.endswith(".parquet") else
                                                                  _parquet_folder(name, script_args.image_root))  # fmt: skip
     if tokenizer is None:
@@ -377,10 +384,14 @@ def evaluate_policy(trainer, split: EvalSplit, mask_tokenizer, text_similarity=N
 
 def _plain(value):
     value = float(value)
-    return value if math.isfinite(value) else None  # JSON loggers reject NaN (e.g. N-acc of a split without no-target rows)
+    return (
+        value if math.isfinite(value) else None
+    )  # JSON loggers reject NaN (e.g. N-acc of a split without no-target rows)
 
 
-def _write_folder(trainer, split, records, metrics, backend, gen_seconds, seconds, metrics_file, settings_file) -> None:
+def _write_folder(
+    trainer, split, records, metrics, backend, gen_seconds, seconds, metrics_file, settings_file
+) -> None:
     folder = eval_folder(trainer.args.output_dir, trainer.state.global_step)
     folder.mkdir(parents=True, exist_ok=True)
     try:  # Qwen processors keep their pixel bounds as the size's edges (as `samtok-rl eval` reads them back)
@@ -420,4 +431,3 @@ def build_text_similarity(split: EvalSplit | None, device: str):
     from samtok_rl.metrics import BertTextSimilarity
 
     return BertTextSimilarity(split.text_encoder, device=device)
-

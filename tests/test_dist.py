@@ -196,3 +196,33 @@ def test_cpu_flag_with_several_processes_is_said(tmp_path, datasets_dir):
     said = [line for line in proc.stderr.splitlines() if "accelerate launch --cpu runs ONE process" in line]
     assert len(said) == 1, proc.stderr[-3000:]
     shutil.rmtree(out, ignore_errors=True)
+
+
+@pytest.mark.parametrize("config", ["multi_gpu", "zero3", "fsdp2"])
+def test_gathered_evaluation_equals_one_process(config, tmp_path):
+    """The benchmark evaluation with 2 processes (each answers a shard; 15 samples, so one is padded) gathers to
+    exactly the single-process evaluation of the same model: every metric and every prediction."""
+    from samtok_rl import demo, grpo
+
+    warm = demo.warm_start_model(*grpo.parse_args(["--config", str(demo.DEMO_RECIPE)]), demo.WARM_START_STEPS,
+                                 demo.WARM_START_LR)  # fmt: skip
+    argv = ["--config", str(demo.DEMO_RECIPE), "--model_name_or_path", str(warm), "--max_steps", "1",
+            "--per_device_train_batch_size", "4", "--eval_dataset", "sample:gres", "--eval_strategy", "steps",
+            "--eval_steps", "1", "--eval_on_start", "true", "--eval_max_new_tokens", "96", "--save_strategy", "no"]  # fmt: skip
+    spy = tmp_path / "spy"
+    spy.mkdir()
+    proc = launch(config, [*argv, "--output_dir", str(tmp_path / "two")], spy)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    single = subprocess.run([sys.executable, "-m", "samtok_rl.grpo", *argv, "--output_dir", str(tmp_path / "one")],
+                            cwd=ROOT, capture_output=True, text=True, timeout=900)  # fmt: skip
+    assert single.returncode == 0, single.stderr[-3000:]
+    folder = Path("eval") / "step-000000"
+    two, one = (json.loads((tmp_path / r / folder / "metrics.json").read_text()) for r in ("two", "one"))
+    assert two["splits"] == one["splits"] and two["run"]["samples"] == one["run"]["samples"] == 15
+    two, one = (read_jsonl(tmp_path / r / folder / "predictions_val.jsonl") for r in ("two", "one"))
+    assert [(r["id"], r["text"], r["masks"]) for r in two] == [(r["id"], r["text"], r["masks"]) for r in one]
+    assert sum(bool(r["codes"]) for r in one) > 0  # the answers hold masks
+    logged = [m for m in read_jsonl(tmp_path / "two" / "metrics.jsonl") if "eval/giou" in m]
+    assert [m["step"] for m in logged] == [0, 1]
+    print(f"\nTABLE | {config} | benchmark eval, 2 processes | gathered == 1 process (15 samples, gIoU "
+          f"{logged[0]['eval/giou']:.2f}) |")

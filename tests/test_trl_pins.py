@@ -54,6 +54,7 @@ PINNED = {
     Trainer.evaluate: "47001f3acc991bc4",
     Trainer._evaluate: "d8237204ce5fd577",
     Trainer._determine_best_metric: "7aa77355a0c33b67",
+    Trainer._load_best_model: "0e183d55a9db7414",  # the same plain load_state_dict as `_load_from_checkpoint`
     DefaultFlowCallback.on_step_end: "33eb820c7cd1a18c",
     rewrite_logs: "c0d6c5a08ddd6d6d",
 }
