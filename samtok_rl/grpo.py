@@ -25,8 +25,8 @@ import rewards
 from samtok_rl.checks import (
     RUN_LOGS,
     check_columns,
-    check_parsed,
     check_mask_tokens,
+    check_parsed,
     check_prompt_format,
     check_recipe,
     check_resume_changes,

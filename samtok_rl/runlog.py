@@ -16,7 +16,14 @@ from transformers import TrainerCallback
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
 
-__all__ = ["METRICS_FILE", "CompactPrinterCallback", "CompactProgressCallback", "MetricsFileCallback", "step_line", "tracker_name"]
+__all__ = [
+    "METRICS_FILE",
+    "CompactPrinterCallback",
+    "CompactProgressCallback",
+    "MetricsFileCallback",
+    "step_line",
+    "tracker_name",
+]
 
 METRICS_FILE = "metrics.jsonl"
 

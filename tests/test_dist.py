@@ -224,5 +224,7 @@ def test_gathered_evaluation_equals_one_process(config, tmp_path):
     assert sum(bool(r["codes"]) for r in one) > 0  # the answers hold masks
     logged = [m for m in read_jsonl(tmp_path / "two" / "metrics.jsonl") if "eval/giou" in m]
     assert [m["step"] for m in logged] == [0, 1]
-    print(f"\nTABLE | {config} | benchmark eval, 2 processes | gathered == 1 process (15 samples, gIoU "
-          f"{logged[0]['eval/giou']:.2f}) |")
+    print(
+        f"\nTABLE | {config} | benchmark eval, 2 processes | gathered == 1 process (15 samples, gIoU "
+        f"{logged[0]['eval/giou']:.2f}) |"
+    )
