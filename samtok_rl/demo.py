@@ -4,7 +4,8 @@ One command on a fresh machine: builds the tiny Qwen2.5-VL and the seeded micro 
 real-photo sample for GRES, warm-starts the tiny model with a short SFT on the sample's reference answers (the "cold
 start" SAMTok's RL begins from; `samtok_rl.warmstart`, cached after the first run), then trains a few GRPO steps on
 CPU with the GRES preset plus the pixel-IoU reward (`recipes/demo.yaml`), saves a checkpoint, prints the reward
-components at the first and the last GRPO step and builds the run's HTML report (`samtok-rl inspect`).
+components at the first and the last GRPO step beside the benchmark's gIoU / cIoU / N-acc before GRPO and at the end
+(`samtok_rl.training_eval`), and builds the run's HTML report (`samtok-rl inspect`).
 
 Extra arguments override the recipe, e.g. `--max_steps 8` or `--resume_from_checkpoint outputs/demo/checkpoint-4`;
 `--warm_start_steps N` sets the SFT steps (0 = GRPO from the random model: every group then has zero reward variance
@@ -76,6 +77,24 @@ def step_logs(trainer) -> list[dict[str, float]]:
     return [entry for entry in trainer.state.log_history if "reward" in entry]
 
 
+def benchmark_lines(trainer) -> list[str]:
+    """The benchmark's metrics (gIoU / cIoU / N-acc) at the first and the last evaluation, when the run evaluated."""
+    from samtok_rl.training_eval import LOGGED
+
+    evaluations = [e for e in trainer.state.log_history if "eval_giou" in e]
+    if not evaluations:
+        return []
+    shown = [evaluations[0]] + evaluations[-1:] * (len(evaluations) > 1)
+    head = f"eval split: {evaluations[0]['eval_samples']} rows"
+    lines = [f"  {head:<26}" + "".join(f"{'step ' + str(e['step']):>12}" for e in shown)]
+    for key, name in LOGGED["gres"].items():
+        if key == "T_acc":
+            continue
+        cells = [f"{e[f'eval_{name}']:>12.2f}" if e.get(f"eval_{name}") is not None else f"{'-':>12}" for e in shown]
+        lines.append(f"  {key.replace('_', '-'):<26}" + "".join(cells))
+    return lines
+
+
 def summary(trainer, seconds: float, warm: Path | None = None) -> str:
     """The reward components (and the GRPO signal) at the first and the last step and averaged over each half of
     the run (one step holds only a couple of prompts, so single steps are noisy), wall time and checkpoints."""
@@ -99,6 +118,7 @@ def summary(trainer, seconds: float, warm: Path | None = None) -> str:
                 values = [e[key] for e in entries if key in e]
                 cells.append(f"{sum(values) / len(values):>12.3f}" if values else f"{'-':>12}")
             lines.append(f"  {key.removeprefix('rewards/').removesuffix('/mean'):<26}" + "".join(cells))
+    lines += benchmark_lines(trainer)
     out = Path(trainer.args.output_dir)
     checkpoints = sorted(out.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
     lines.append(f"  model: {out}")

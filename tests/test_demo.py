@@ -90,6 +90,12 @@ def test_demo_grpo_has_a_learning_signal(warm, tmp_path, capsys, browser):
     assert len(lines) == 2 and all("format " in line and "zero-std" in line and "s/step" in line for line in lines)
     logged = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [e for e in logged if "reward" in e] == [dict(e, step=e["step"]) for e in steps]
+    # The benchmark's metric before GRPO and at the end, beside the rewards.
+    assert [e["step"] for e in logged if "eval/giou" in e] == [0, 2]
+    evaluations = [e for e in trainer.state.log_history if "eval_giou" in e]
+    table = out[out.index("eval split: 15 rows") :].splitlines()
+    assert table[1].split() == ["gIoU", f"{evaluations[0]['eval_giou']:.2f}", f"{evaluations[1]['eval_giou']:.2f}"]
+    assert table[3].split()[0] == "N-acc"
 
     # The demo ends with its report: rollouts with decoded masks over the images, curves; it renders in Chromium.
     index = tmp_path / "report" / "index.html"
