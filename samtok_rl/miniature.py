@@ -43,6 +43,7 @@ from PIL import Image, ImageDraw
 from samtok_rl.cli import config_parser, report_errors
 from samtok_rl.errors import UsageError
 from samtok_rl.files import open_rgb, read_json_lines
+from samtok_rl.inspector import InspectConfig, inspect_folder
 from samtok_rl.logs import setup_logging
 from samtok_rl.masks import decode_rle, rle_from_mask
 
@@ -65,6 +66,8 @@ ABSENT_KIND, ABSENT_COLOUR = "star", "yellow"
 HELD_OUT = ("blue triangle", "green circle", "red square")
 MIN_PIXELS, MAX_PIXELS = 3136, SIZE * SIZE
 METRICS = ("gIoU", "cIoU", "N_acc")
+VAL_DECODED = "val_decoded"  # the prepared val split whose GT masks are the decoded GT codes (GRPO evaluates on it)
+EVAL_STEPS = 20
 TABLE_METRICS = (*METRICS, *(f"{k} (decoded GT)" for k in METRICS), "exact codes")
 ROW_KINDS = ("seen single", "held-out single", "group", "no target")  # exact codes counted per kind of expression
 
@@ -171,10 +174,14 @@ class MiniatureConfig:
         default=False,
         metadata={"help": "Also train a second GRPO arm with dynamic sampling from the same warm start (a column)."},
     )
+    eval_steps: int = field(
+        default=EVAL_STEPS,
+        metadata={"help": "GRPO evaluates val (decoded GT) at step 0, every eval_steps and at the end."},
+    )
 
     def check(self) -> None:
         """Refuse settings that cannot give a run, before anything is written."""
-        for name in ("train_images", "val_images", "sft_steps", "grpo_steps"):
+        for name in ("train_images", "val_images", "sft_steps", "grpo_steps", "eval_steps"):
             if getattr(self, name) < 1:
                 raise UsageError(f"miniature: {name} must be >= 1, got {getattr(self, name)}")
         if not 0 < self.sft_fraction < 1:
@@ -224,11 +231,18 @@ def build_data(config: MiniatureConfig, out: Path) -> Stage:
     stage = Stage(out, data, tokenizer, tuple(config.held_out))
     # Prepared rows follow the source's order, as the eval's samples do.
     samples, _ = load_split("gres", data, "val", str(data / "images"), True, None)
+    decoded_rles = []
     for sample, row in zip(samples, prepared["val"]):
         codes = np.array(row["gt_codes"], dtype=np.int64).reshape(-1, 2)
         image = np.asarray(open_rgb(sample.image))
+        masks = tokenizer.decode(image, codes) if len(codes) else []
         stage.gt_codes[sample.id] = row["gt_codes"]
-        stage.decoded_gt[sample.id] = union_masks(tokenizer.decode(image, codes) if len(codes) else [], (SIZE, SIZE))
+        stage.decoded_gt[sample.id] = union_masks(masks, (SIZE, SIZE))
+        decoded_rles.append([rle_from_mask(m) for m in masks])
+    # The val split with the masks its GT codes decode to as its ground truth: what GRPO's evaluations score (the
+    # policy's own progress, as the "decoded GT" columns of the table).
+    val_decoded = prepared["val"].map(lambda _, k: {"gt_masks": decoded_rles[k]}, with_indices=True)
+    write_prepared(val_decoded, out / "prepared" / VAL_DECODED, "gres", {"tokenizer": "micro"})
     return stage
 
 
@@ -252,9 +266,35 @@ def train_grpo(config: MiniatureConfig, stage: Stage, start: Path, name: str, *e
 
     argv = ["--config", str(RECIPE), "--model_name_or_path", str(start), "--dataset", str(stage.out / "prepared" / "rl"),
             "--output_dir", str(stage.out / name), "--max_steps", str(config.grpo_steps), "--seed", str(config.seed),
+            "--eval_dataset", str(stage.out / "prepared" / VAL_DECODED), "--eval_steps", str(config.eval_steps),
             *extra]  # fmt: skip
     grpo.main(argv)
     return stage.out / name
+
+
+def check_last_evaluation(stage: Stage, run_dir: Path) -> dict:
+    """The GRPO run's val gIoU curve (decoded GT) and its last evaluation against `samtok-rl eval` of the saved model
+    on the same split: the two must agree metric by metric (one code path)."""
+    from samtok_rl.evaluate import EvalConfig, evaluate
+    from samtok_rl.training_eval import LOGGED, eval_folder
+
+    entries = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    curve = {e["step"]: e for e in entries if "eval/giou" in e}
+    last = max(curve)
+    settings = json.loads((eval_folder(run_dir, last) / "eval_settings.json").read_text())
+    result = evaluate(EvalConfig(model=str(run_dir), task="gres", data=settings["data"], split="val",
+                                 mask_tokenizer="micro", output_dir=str(run_dir / "eval_saved_model"),
+                                 max_new_tokens=settings["max_new_tokens"], min_pixels=MIN_PIXELS,
+                                 max_pixels=MAX_PIXELS, backend="hf", device="cpu", progress=False),
+                      mask_tokenizer=stage.tokenizer)  # fmt: skip
+    standalone = result["splits"]["val"]
+    logged = {key: curve[last][f"eval/{name}"] for key, name in LOGGED["gres"].items()}
+    equal = all(
+        (logged[k] is None and np.isnan(standalone[k])) or logged[k] == standalone[k] for k in logged
+    )  # fmt: skip
+    return {"steps": sorted(curve), "gIoU": [curve[s]["eval/giou"] for s in sorted(curve)],
+            "last_step": last, "last": logged, "samtok_rl_eval": {k: standalone[k] for k in logged},
+            "equal": equal}  # fmt: skip
 
 
 def evaluate_model(stage: Stage, model_dir: Path, name: str) -> dict:
@@ -316,7 +356,10 @@ def run(config: MiniatureConfig) -> dict:
     sft = train_warm_start(config, stage)
     results = {"sft": evaluate_model(stage, sft, "sft")}
     if config.grpo:
-        results["grpo"] = evaluate_model(stage, train_grpo(config, stage, sft, "grpo"), "grpo")
+        run_dir = train_grpo(config, stage, sft, "grpo")
+        results["grpo"] = evaluate_model(stage, run_dir, "grpo")
+        results["grpo_curve"] = check_last_evaluation(stage, run_dir)
+        results["report"] = str(inspect_folder(InspectConfig(folder=str(run_dir)))["index"])
     if config.grpo and config.dynamic_sampling:
         model = train_grpo(config, stage, sft, "grpo_ds", "--dynamic_sampling", "true")
         results["grpo_ds"] = evaluate_model(stage, model, "grpo_ds")
@@ -350,6 +393,16 @@ def table(results: dict) -> str:
             after = results.get(arm, {}).get("exact by kind", {}).get(kind)
             cells += f"{f'{after[0]}/{after[1]}':>12}{after[0] - right:>+8d}" if after else f"{'-':>12}{'-':>8}"
         lines.append(f"{'exact: ' + kind:<22}{cells}")
+    curve = results.get("grpo_curve")
+    if curve:
+        points = ", ".join(f"{s} {g:.2f}" for s, g in zip(curve["steps"], curve["gIoU"]))
+        lines.append(f"val gIoU (decoded GT) during GRPO, by step: {points}")
+        lines.append(
+            f"last evaluation (step {curve['last_step']}) vs samtok-rl eval of the saved model: "
+            + ("equal, metric by metric" if curve["equal"] else f"DIFFER: {curve['last']} vs {curve['samtok_rl_eval']}")
+        )
+    if results.get("report"):
+        lines.append(f"report with the curves: {results['report']}")
     lines.append(f"({results['val_rows']} val expressions; the whole run {results['seconds']:.0f} s)")
     return "\n".join(lines)
 

@@ -98,7 +98,14 @@ def test_a_shortened_miniature_runs_end_to_end_with_finite_metrics(tmp_path, cap
         "format_reward",
         "gres_mask_reward",
     ]
+    # GRPO evaluated val (decoded GT) at step 0 and at the end; its last evaluation is `samtok-rl eval` of the saved
+    # model, metric by metric, and the miniature's own decoded-GT scoring of its final eval agrees with it.
+    curve = results["grpo_curve"]
+    assert curve["steps"] == [0, 2] and curve["equal"], curve
+    assert curve["gIoU"][-1] == pytest.approx(results["grpo"]["gIoU (decoded GT)"], abs=1e-9)
+    assert "eval split: benchmark metrics" in Path(results["report"]).read_text()
     table = capsys.readouterr().out
+    assert "val gIoU (decoded GT) during GRPO, by step: 0 " in table and "equal, metric by metric" in table
     assert "SFT start" in table and "after GRPO" in table
     for key in miniature.TABLE_METRICS:
         assert key.replace("_", "-") in table
