@@ -399,7 +399,11 @@ def table(results: dict) -> str:
         lines.append(f"val gIoU (decoded GT) during GRPO, by step: {points}")
         lines.append(
             f"last evaluation (step {curve['last_step']}) vs samtok-rl eval of the saved model: "
-            + ("equal, metric by metric" if curve["equal"] else f"DIFFER: {curve['last']} vs {curve['samtok_rl_eval']}")
+            + (
+                "equal, metric by metric"
+                if curve["equal"]
+                else f"DIFFER: {curve['last']} vs {curve['samtok_rl_eval']}"
+            )
         )
     if results.get("report"):
         lines.append(f"report with the curves: {results['report']}")

@@ -73,6 +73,45 @@ def test_colocate_grpo_two_steps(tmp_path, gres_dir):
     assert any("<|mt_" in c for c in completions)
 
 
+def test_colocated_engine_answers_the_benchmark_evaluation_with_the_current_weights(tmp_path):
+    """The evaluation during training generates with the colocated engine (no second engine), after the weight sync:
+    its answers at the last step are the saved model's greedy answers under transformers."""
+    from samtok_rl import demo, grpo
+
+    warm = demo.warm_start_model(*grpo.parse_args(["--config", str(demo.DEMO_RECIPE)]), demo.WARM_START_STEPS,
+                                 demo.WARM_START_LR)  # fmt: skip
+    out = tmp_path / "run"
+    cmd = [
+        sys.executable, "-m", "samtok_rl.grpo", "--config", str(ROOT / "recipes/demo.yaml"), "--output_dir", str(out),
+        "--model_name_or_path", str(warm), "--max_steps", "2", "--save_strategy", "no",
+        # A large step, so the policy's greedy answers change between the evaluations: stale weights would show.
+        "--learning_rate", "2e-2",
+        "--use_vllm", "--vllm_mode", "colocate", "--vllm_gpu_memory_utilization", "0.3",
+        "--vllm_max_model_length", "1024", "--eval_steps", "2", "--eval_max_new_tokens", "96",
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=ROOT, env=VLLM_ENV, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    first, last = (out / "eval" / f"step-{s:06d}" for s in (0, 2))
+    settings = json.loads((last / "eval_settings.json").read_text())
+    assert settings["backend"] == "vllm (the colocated engine)"
+    hf = tmp_path / "hf"
+    evaluation = [
+        sys.executable, "-m", "samtok_rl.evaluate", "--model", str(out), "--task", "gres", "--data", settings["data"],
+        "--mask_tokenizer", "micro", "--output_dir", str(hf), "--max_new_tokens", "96", "--min_pixels",
+        str(settings["min_pixels"]), "--max_pixels", str(settings["max_pixels"]), "--backend", "hf", "--no_progress",
+    ]  # fmt: skip
+    proc = subprocess.run(evaluation, cwd=ROOT, env=VLLM_ENV, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    def texts(folder):
+        return [json.loads(line)["text"] for line in (folder / "predictions_val.jsonl").read_text().splitlines()]
+
+    assert texts(first) != texts(last)  # the weights moved the answers
+    same = sum(a == b for a, b in zip(texts(last), texts(hf)))
+    print(f"colocated eval vs transformers on the saved model: {same}/{len(texts(hf))} answers identical")
+    assert same == len(texts(hf))
+
+
 def test_colocate_grpo_with_dynamic_sampling(tmp_path, gres_dir):
     """Dynamic sampling's extra rounds go through the colocated engine too: they run, and stay on-policy."""
     build_tiny_vlm("qwen2_5_vl")
