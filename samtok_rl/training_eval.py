@@ -373,8 +373,13 @@ def evaluate_policy(trainer, split: EvalSplit, mask_tokenizer, text_similarity=N
         broadcast_object_list(payload, from_process=0)
         logs = payload[0]
         # Logged in eval mode: TRL's `log` then merges (and clears) only its eval-mode metrics, none here, and leaves
-        # the training metrics of the step, and the rollouts file, alone.
-        trainer.log(dict(logs))
+        # the training metrics of the step, and the rollouts file, alone. Its completions table (`log_completions`)
+        # would repeat the last training step's completions under this entry: it is held back for this call.
+        log_completions, trainer.log_completions = trainer.log_completions, False
+        try:
+            trainer.log(dict(logs))
+        finally:
+            trainer.log_completions = log_completions
     finally:
         if was_training:
             trainer.model.train()
