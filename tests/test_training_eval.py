@@ -142,3 +142,30 @@ def test_shards_cover_the_split_once_with_equal_lengths():
             shards = [shard_indices(n, r, world) for r in range(world)]
             assert len({len(s) for s in shards}) == 1
             assert sorted(set().union(*map(set, shards))) == list(range(n))
+
+
+def test_gcg_evaluation_logs_ap50_miou_recall_as_samtok_rl_eval(tmp_path, tiny_bert):
+    """GCG: AP50 / mIoU / Recall (Recall with the given phrase encoder) logged, equal to `samtok-rl eval`."""
+    out = tmp_path / "run"
+    trainer = grpo.main(["--config", str(demo.DEMO_RECIPE), "--dataset", "sample:gcg", "--reward_preset", "gcg",
+                         "--reward_funcs", "format_reward", "--output_dir", str(out), "--max_steps", "1",
+                         "--save_strategy", "no", "--eval_dataset", "sample:gcg", "--eval_strategy", "steps",
+                         "--eval_steps", "1", "--eval_max_new_tokens", "48", "--eval_text_encoder", str(tiny_bert)])  # fmt: skip
+    logged = [e for e in trainer.state.log_history if "eval_ap50" in e]
+    assert [e["step"] for e in logged] == [0, 1]  # the demo recipe evaluates on start
+    assert {f"eval_{n}" for n in ("ap50", "miou", "recall")} <= logged[0].keys()
+    settings = json.loads((eval_folder(out, 1) / "eval_settings.json").read_text())
+    assert settings["task"] == "gcg"
+    result = evaluate(EvalConfig(
+        model=str(out), task="gcg", data=settings["data"], split="val", mask_tokenizer="micro", think=settings["think"],
+        output_dir=str(tmp_path / "eval"), max_new_tokens=48, min_pixels=settings["min_pixels"],
+        max_pixels=settings["max_pixels"], backend="hf", device="cpu", progress=False, text_encoder=str(tiny_bert),
+    ))  # fmt: skip
+    standalone = result["splits"]["val"]
+    in_training = json.loads((eval_folder(out, 1) / "metrics.json").read_text())["splits"]["val"]
+    assert json.dumps(in_training, sort_keys=True) == json.dumps(standalone, sort_keys=True)
+    for key, name in LOGGED["gcg"].items():
+        if key in standalone:
+            assert logged[0][f"eval_{name}"] == pytest.approx(standalone[key], abs=0, nan_ok=True) or (
+                logged[0][f"eval_{name}"] is None and standalone[key] != standalone[key]
+            )
