@@ -47,7 +47,7 @@ test-dist: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m samtok_rl.demo
 
-# The miniature (synthetic shapes, SFT warm start, GRPO, eval on val; about 9 minutes on 2 cores):
+# The miniature (synthetic shapes, SFT warm start, GRPO, eval on val, evaluations during GRPO; about 13 minutes on 2 cores):
 # prints "SFT start vs after GRPO". `make miniature ARGS="--seed 1"` passes flags on.
 miniature: $(STAMP)
 	$(PY) -m samtok_rl.miniature $(ARGS)

@@ -1,4 +1,4 @@
-"""A miniature of SAMTok's GRES RL: synthetic shapes, the tiny VLM, about 9 minutes on 2 CPU cores.
+"""A miniature of SAMTok's GRES RL: synthetic shapes, the tiny VLM, about 13 minutes on 2 CPU cores.
 
     make miniature                 # = python -m samtok_rl.miniature [--seed 0] [--dynamic_sampling] [--output_dir ...]
 
@@ -13,7 +13,9 @@
    image) on the first 60% of the train rows, less those that ask for one of the `held_out` types alone (the blue
    triangle, the green circle, the red square; the groups holding them stay, so their codes are in its answers).
 3. **GRPO** (`recipes/miniature/grpo.yaml`: the GRES preset) on the other 40%, prompts the warm start never saw,
-   held-out types included; `--dynamic_sampling` adds a second GRPO run from the same warm start with dynamic
+   held-out types included, evaluating val (decoded GT codes as ground truth) at step 0, every `eval_steps` and at the
+   end (`samtok_rl.training_eval`): the curve is printed and plotted in the run's report, and the last evaluation is
+   checked against `samtok-rl eval` of the saved model; `--dynamic_sampling` adds a second GRPO run from the same warm start with dynamic
    sampling on.
 4. **Evaluation** of the warm start and of each GRPO model on val with `samtok-rl eval` (greedy), scored against the
    true masks and against the masks decoded from the GT codes (the best the micro tokenizer can draw: this isolates
