@@ -169,3 +169,21 @@ def test_gcg_evaluation_logs_ap50_miou_recall_as_samtok_rl_eval(tmp_path, tiny_b
             assert logged[0][f"eval_{name}"] == pytest.approx(standalone[key], abs=0, nan_ok=True) or (
                 logged[0][f"eval_{name}"] is None and standalone[key] != standalone[key]
             )
+
+
+def test_sampled_evaluation_is_seeded_and_recorded(warm, tmp_path):
+    """`eval_temperature` > 0: one sampled answer per row, the same for the same seed and step, and said so."""
+    texts = []
+    for name in ("a", "b"):
+        out = tmp_path / name
+        train(warm, out, "--max_steps", "1", "--eval_steps", "1", "--save_strategy", "no", "--eval_temperature", "1.5",
+              "--eval_on_start", "false")  # fmt: skip
+        folder = eval_folder(out, 1)
+        assert "sampled (temperature=1.5" in json.loads((folder / "eval_settings.json").read_text())["decoding"]
+        texts.append([json.loads(x)["text"] for x in (folder / "predictions_val.jsonl").read_text().splitlines()])
+    greedy = tmp_path / "greedy"
+    train(warm, greedy, "--max_steps", "1", "--eval_steps", "1", "--save_strategy", "no", "--eval_on_start", "false")
+    greedy_texts = [
+        json.loads(x)["text"] for x in (eval_folder(greedy, 1) / "predictions_val.jsonl").read_text().splitlines()
+    ]
+    assert texts[0] == texts[1] and texts[0] != greedy_texts
