@@ -154,14 +154,6 @@ def check_training_values(training_args) -> None:
             raise UsageError(f"{name} must be {rule}, got {value!r}")
 
 
-def check_parsed(values) -> None:
-    """The checks on the parsed values of a training recipe, run before `GRPOConfig` is built."""
-    from samtok_rl.training_eval import check_eval_schedule
-
-    check_generation_batch(values)
-    check_eval_schedule(values)
-
-
 def check_generation_batch(values) -> None:
     """`num_generations` and the generation batch it divides, checked on the parsed values before `GRPOConfig` is
     built: its `__post_init__` refuses them in TRL's words, with a traceback, while the recipe is parsed.
@@ -423,8 +415,6 @@ def check_vllm_installed(training_args, dry_run: bool = False) -> None:
 
 def check_recipe(script_args, training_args, model_args) -> None:
     """The recipe-level rules that need neither the data nor the model weights."""
-    from samtok_rl.training_eval import check_eval_recipe
-
     check_model_source(model_args.model_name_or_path)
     check_cpu_launch()
     check_mask_tokenizer_files(script_args.mask_tokenizer, script_args.dataset)
@@ -434,7 +424,6 @@ def check_recipe(script_args, training_args, model_args) -> None:
     check_max_train_samples(script_args)
     check_add_mask_tokens(script_args, training_args)
     check_dynamic_sampling(script_args, training_args)
-    check_eval_recipe(script_args, training_args)
     check_vllm_installed(training_args, script_args.dry_run)
     if training_args.use_vllm and not training_args.vllm_importance_sampling_correction:
         # TRL computes (and logs) vLLM's logprob gap only for its importance-sampling correction.

@@ -25,8 +25,8 @@ import rewards
 from samtok_rl.checks import (
     RUN_LOGS,
     check_columns,
+    check_generation_batch,
     check_mask_tokens,
-    check_parsed,
     check_prompt_format,
     check_recipe,
     check_resume_changes,
@@ -55,7 +55,14 @@ from samtok_rl.run_dir import cut_logs_to_step, lock_output_dir, record_run
 from samtok_rl.tiny import resolve_model_path
 from samtok_rl.tokens import MASK_TOKENS
 from samtok_rl.trainer import SamtokGRPOTrainer
-from samtok_rl.training_eval import BenchmarkEval, build_mask_tokenizer_for, build_text_similarity, load_eval_split
+from samtok_rl.training_eval import (
+    BenchmarkEval,
+    build_mask_tokenizer_for,
+    build_text_similarity,
+    check_eval_recipe,
+    check_eval_schedule,
+    load_eval_split,
+)
 
 
 logger = logging.getLogger(__name__)
@@ -76,6 +83,13 @@ def make_parser(prog: str = PROG):
     """
     # GRPOConfig checks its batch arithmetic while it is built: samtok-rl says it first, naming the fix.
     return config_parser([SamtokScriptArguments, GRPOConfig, ModelConfig], prog=prog, check=check_parsed)
+
+
+def check_parsed(values) -> None:
+    """The checks on a recipe's parsed values that must run before `GRPOConfig` is built (its `__post_init__` refuses
+    the same mistakes in a paragraph with a traceback)."""
+    check_generation_batch(values)
+    check_eval_schedule(values)
 
 
 def short_help() -> str:
@@ -143,6 +157,7 @@ def main(script_args=None, training_args=None, model_args=None):
     # Check: everything that needs neither the model nor a GPU, so a bad recipe fails in seconds.
     check_rewards_package()
     check_recipe(script_args, training_args, model_args)
+    check_eval_recipe(script_args, training_args)
     resume = resolve_resume(training_args)
     specs, funcs = resolve_rewards(script_args, training_args)
     dataset = load_dataset(script_args, training_args)

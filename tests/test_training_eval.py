@@ -130,10 +130,12 @@ def test_bad_settings_fail_before_training_in_one_line(warm, tmp_path, extra, me
 
 
 def test_eval_strategy_without_eval_dataset_is_refused(warm, tmp_path):
-    argv = ["--config", str(demo.DEMO_RECIPE), "--model_name_or_path", str(warm), "--output_dir", str(tmp_path),
-            "--eval_strategy", "steps", "--eval_steps", "2"]  # fmt: skip
+    script_args, training_args, model_args = grpo.parse_args(["--config", str(demo.DEMO_RECIPE), "--model_name_or_path",
+                                                              str(warm), "--output_dir", str(tmp_path / "run")])  # fmt: skip
+    script_args.eval_dataset = None  # the demo recipe names one
     with pytest.raises(UsageError, match="eval_strategy is 'steps' but no eval_dataset is set"):
-        grpo.main(argv)
+        grpo.main(script_args, training_args, model_args)
+    assert not (tmp_path / "run").exists()
 
 
 def test_shards_cover_the_split_once_with_equal_lengths():
