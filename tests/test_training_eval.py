@@ -189,3 +189,20 @@ def test_sampled_evaluation_is_seeded_and_recorded(warm, tmp_path):
         json.loads(x)["text"] for x in (eval_folder(greedy, 1) / "predictions_val.jsonl").read_text().splitlines()
     ]
     assert texts[0] == texts[1] and texts[0] != greedy_texts
+
+
+def test_lora_policy_is_evaluated_through_its_adapters(warm, tmp_path):
+    """With `use_peft` the evaluation answers with the adapted model: at step 0 (adapters start as the identity) it
+    equals `samtok-rl eval` of the start model."""
+    out = tmp_path / "run"
+    train(warm, out, "--max_steps", "1", "--eval_steps", "1", "--save_strategy", "no", "--use_peft", "--lora_r", "8")
+    settings = json.loads((eval_folder(out, 0) / "eval_settings.json").read_text())
+    result = evaluate(EvalConfig(
+        model=str(warm), task="gres", data=settings["data"], split="val", mask_tokenizer="micro",
+        output_dir=str(tmp_path / "eval"), max_new_tokens=settings["max_new_tokens"],
+        min_pixels=settings["min_pixels"], max_pixels=settings["max_pixels"], backend="hf", device="cpu",
+        progress=False,
+    ))  # fmt: skip
+    in_training = json.loads((eval_folder(out, 0) / "metrics.json").read_text())["splits"]["val"]
+    assert {k: in_training[k] for k in result["splits"]["val"]} == result["splits"]["val"]
+    assert (eval_folder(out, 1) / "metrics.json").is_file()
