@@ -212,6 +212,14 @@ def load_eval_split(script_args, training_args, reward_specs: Sequence[str]) -> 
             f"metric_for_best_model {wanted.replace('eval_', 'eval/', 1)!r} is not logged by the {task} evaluation "
             f"(its metrics: {', '.join(k.replace('eval_', 'eval/', 1) for k in logged)})"
         )
+    if task == "gres" and wanted in ("eval_n_acc", "eval_t_acc"):
+        # N-acc is undefined without no-target rows, T-acc without target rows: nothing to select a checkpoint by.
+        needed = wanted == "eval_n_acc"
+        if needed not in set(rows["no_target"]):
+            raise UsageError(
+                f"metric_for_best_model {wanted.replace('eval_', 'eval/', 1)!r}: eval_dataset {name!r} has no "
+                f"{'no-target' if needed else 'target'} rows, so it is undefined; choose eval/giou or eval/ciou"
+            )
     if name.startswith(SAMPLE_PREFIX):
         folder = str(sample_dir(task, script_args.mask_tokenizer))
     else:

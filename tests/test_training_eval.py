@@ -120,6 +120,8 @@ def test_best_checkpoint_by_eval_metric_is_restored(warm, tmp_path):
         (["--metric_for_best_model", "eval/ap50"], "metric_for_best_model 'eval/ap50' is not logged by the gres"),
         (["--load_best_model_at_end", "true", "--save_steps", "3"], "save_steps 3 is not a multiple of eval_steps 2"),
         (["--eval_max_samples", "0"], "eval_max_samples must be >= 1"),
+        # The sample's first three rows have targets: N-acc is undefined there.
+        (["--eval_max_samples", "3", "--metric_for_best_model", "eval/n_acc"], "has no no-target rows"),
     ],
 )
 def test_bad_settings_fail_before_training_in_one_line(warm, tmp_path, extra, message):
