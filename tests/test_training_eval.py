@@ -39,6 +39,15 @@ def eval_entries(out: Path) -> list[dict]:
     return [e for e in lines if "eval/giou" in e]
 
 
+def standalone_eval(model: Path, settings: dict, out: Path) -> dict:
+    """`samtok-rl eval` of `model` on the split and with the settings an evaluation during training recorded."""
+    return evaluate(EvalConfig(
+        model=str(model), task="gres", data=settings["data"], split="val", mask_tokenizer="micro", output_dir=str(out),
+        max_new_tokens=settings["max_new_tokens"], min_pixels=settings["min_pixels"],
+        max_pixels=settings["max_pixels"], backend="hf", device="cpu", progress=False,
+    ))  # fmt: skip
+
+
 @pytest.fixture(scope="module")
 def run(warm, tmp_path_factory):
     out = tmp_path_factory.mktemp("eval_run") / "run"
@@ -53,12 +62,7 @@ def test_last_evaluation_equals_samtok_rl_eval_of_the_saved_model(run, tmp_path)
     last = eval_folder(out, 4)
     settings = json.loads((last / "eval_settings.json").read_text())
     assert settings["backend"] == "hf (the trainer's model)" and settings["think"] is True
-    result = evaluate(EvalConfig(
-        model=str(out), task="gres", data=settings["data"], split="val", mask_tokenizer="micro",
-        output_dir=str(tmp_path / "eval"), max_new_tokens=settings["max_new_tokens"],
-        min_pixels=settings["min_pixels"], max_pixels=settings["max_pixels"], backend="hf", device="cpu",
-        progress=False,
-    ))  # fmt: skip
+    result = standalone_eval(out, settings, tmp_path / "eval")
     standalone = result["splits"]["val"]
     in_training = json.loads((last / "metrics.json").read_text())["splits"]["val"]
     # Every metric and counter, exactly; and what was logged is what the folder holds.
@@ -199,12 +203,7 @@ def test_lora_policy_is_evaluated_through_its_adapters(warm, tmp_path):
     out = tmp_path / "run"
     train(warm, out, "--max_steps", "1", "--eval_steps", "1", "--save_strategy", "no", "--use_peft", "--lora_r", "8")
     settings = json.loads((eval_folder(out, 0) / "eval_settings.json").read_text())
-    result = evaluate(EvalConfig(
-        model=str(warm), task="gres", data=settings["data"], split="val", mask_tokenizer="micro",
-        output_dir=str(tmp_path / "eval"), max_new_tokens=settings["max_new_tokens"],
-        min_pixels=settings["min_pixels"], max_pixels=settings["max_pixels"], backend="hf", device="cpu",
-        progress=False,
-    ))  # fmt: skip
+    result = standalone_eval(warm, settings, tmp_path / "eval")
     in_training = json.loads((eval_folder(out, 0) / "metrics.json").read_text())["splits"]["val"]
     assert {k: in_training[k] for k in result["splits"]["val"]} == result["splits"]["val"]
     assert (eval_folder(out, 1) / "metrics.json").is_file()
