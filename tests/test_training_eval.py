@@ -207,3 +207,20 @@ def test_lora_policy_is_evaluated_through_its_adapters(warm, tmp_path):
     in_training = json.loads((eval_folder(out, 0) / "metrics.json").read_text())["splits"]["val"]
     assert {k: in_training[k] for k in result["splits"]["val"]} == result["splits"]["val"]
     assert (eval_folder(out, 1) / "metrics.json").is_file()
+
+
+def test_evaluations_do_not_change_the_training(warm, tmp_path):
+    """The same run with and without evaluations ends on the same weights: evaluating draws no random numbers and
+    leaves the policy's mode as it found it."""
+    weights = []
+    for name, evaluates in (("with", True), ("without", False)):
+        script_args, training_args, model_args = grpo.parse_args([
+            "--config", str(demo.DEMO_RECIPE), "--model_name_or_path", str(warm), "--output_dir", str(tmp_path / name),
+            "--max_steps", "3", "--eval_steps", "1", "--save_strategy", "no", "--eval_max_new_tokens", "32",
+        ])  # fmt: skip
+        if not evaluates:
+            script_args.eval_dataset, training_args.eval_strategy, training_args.eval_on_start = None, "no", False
+        grpo.main(script_args, training_args, model_args)
+        weights.append(load_file(tmp_path / name / "model.safetensors"))
+    assert (tmp_path / "with" / "eval" / "step-000003").is_dir() and not (tmp_path / "without" / "eval").exists()
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
