@@ -107,6 +107,8 @@ class SamtokGRPOTrainer(GRPOTrainer):
                 super().__init__(model, *args, **kwargs)
         check_launch_took_effect(self.accelerator)
         use_compact_logs(self)
+        if benchmark_eval is not None:
+            self.add_callback(benchmark_eval.resumed_start)
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         # TRL's per-completion logs of the latest generation batch are gathered from every process; the main process
@@ -133,7 +135,8 @@ class SamtokGRPOTrainer(GRPOTrainer):
         if self.benchmark_eval is None:
             return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
         bench = self.benchmark_eval
-        return evaluate_policy(self, bench.split, bench.mask_tokenizer, bench.text_similarity)
+        return evaluate_policy(self, bench.split, bench.mask_tokenizer, bench.text_similarity,
+                               bench.resumed_start.active)  # fmt: skip
 
     def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
         completion_ids, logprobs = super()._generate_single_turn(

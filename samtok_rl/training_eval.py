@@ -27,8 +27,10 @@ import logging
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+
+from transformers import TrainerCallback
 
 from samtok_rl.errors import UsageError
 
@@ -94,6 +96,19 @@ class EvalSplit:
         }  # fmt: skip
 
 
+class ResumedStart(TrainerCallback):
+    """Whether the trainer is between a resumed run's start and its first step (where `eval_on_start` evaluates)."""
+
+    def __init__(self):
+        self.active = False
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.active = state.global_step > 0
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self.active = False
+
+
 @dataclass
 class BenchmarkEval:
     """What the trainer evaluates with: the split, the mask tokenizer decoding the answers, GCG's text similarity."""
@@ -101,6 +116,7 @@ class BenchmarkEval:
     split: EvalSplit
     mask_tokenizer: object
     text_similarity: object = None
+    resumed_start: ResumedStart = field(default_factory=ResumedStart)
 
     def rows_dataset(self):
         """A stand-in `eval_dataset` for transformers (which refuses an eval schedule without one): the sample ids."""
@@ -346,18 +362,25 @@ def _recorded(trainer) -> dict[str, float] | None:
 _ALL_LOGGED = {name for names in LOGGED.values() for name in names.values()}
 
 
-def evaluate_policy(trainer, split: EvalSplit, mask_tokenizer, text_similarity=None) -> dict[str, float]:
+def evaluate_policy(
+    trainer, split: EvalSplit, mask_tokenizer, text_similarity=None, resumed_start: bool = False
+) -> dict[str, float]:
     """Evaluate the trainer's current policy on `split`: generate (sharded), gather, score, write the step's eval
-    folder and log `eval_<metric>`; returns the logged metrics (what transformers' best-model tracking reads)."""
+    folder and log `eval_<metric>`; returns the logged metrics (what transformers' best-model tracking reads).
+
+    `resumed_start`: the call is `eval_on_start` of a resumed run. The uninterrupted run either evaluated this step
+    before saving the checkpoint (its log holds the metrics, which are returned) or did not evaluate it at all; either
+    way nothing is evaluated, so the resumed curve is the uninterrupted one.
+    """
     from accelerate.utils import broadcast_object_list, gather_object
 
     from samtok_rl.evaluate import METRICS_FILE, SETTINGS_FILE, score_split
 
     recorded = _recorded(trainer)
-    if recorded is not None:
-        logger.info("step %d: evaluated before the checkpoint this run resumed from; not repeated",
-                    trainer.state.global_step)  # fmt: skip
-        return recorded
+    if recorded is not None or resumed_start:
+        logger.info("step %d: the run resumes here; its evaluation is not repeated (%s)", trainer.state.global_step,
+                    "the checkpoint holds it" if recorded else "the schedule had none at this step")  # fmt: skip
+        return recorded or {}
     start = time.perf_counter()
     accelerator = trainer.accelerator
     indices = shard_indices(len(split.samples), accelerator.process_index, accelerator.num_processes)

@@ -102,6 +102,26 @@ def test_resume_continues_the_curve_without_repeat_or_skip(warm, run, tmp_path):
     ]
 
 
+def test_resume_from_a_step_without_evaluation_adds_none(warm, run, tmp_path):
+    """Resumed at step 3, which the schedule (every 2) does not evaluate: `eval_on_start` adds no point there."""
+    out, _ = run
+    resumed = tmp_path / "resumed"
+    train(warm, resumed, "--save_steps", "1", "--resume_from_checkpoint", str(_checkpoint_3(warm, tmp_path)))
+    assert [e["step"] for e in eval_entries(resumed)] == [4]
+    assert not eval_folder(resumed, 3).exists()
+    want = {k: v for k, v in eval_entries(out)[-1].items() if k != "eval/seconds"}
+    assert {k: v for k, v in eval_entries(resumed)[-1].items() if k != "eval/seconds"} == want
+
+
+def _checkpoint_3(warm, tmp_path) -> Path:
+    """Checkpoint 3 of a 4-step run that evaluates every 2 steps: its log holds no evaluation at step 3."""
+    first = tmp_path / "first"
+    train(warm, first, "--save_steps", "1")
+    state = json.loads((first / "checkpoint-3" / "trainer_state.json").read_text())
+    assert [e["step"] for e in state["log_history"] if "eval_giou" in e] == [0, 2]
+    return first / "checkpoint-3"
+
+
 def test_best_checkpoint_by_eval_metric_is_restored(warm, tmp_path):
     out = tmp_path / "run"
     trainer = train(warm, out, "--metric_for_best_model", "eval/giou", "--load_best_model_at_end", "true")
