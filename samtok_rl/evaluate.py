@@ -415,24 +415,33 @@ def write_glamm_predictions(records: Sequence[dict], folder: Path) -> None:
 # The runner.
 
 
-def _settings(args, backend: str, max_new_tokens: int, data: Path) -> dict:
-    """Everything that changes the predictions; a resumed run must match it."""
+GREEDY = "greedy (do_sample=False, top_p=1.0)"
+
+
+def eval_settings(
+    task: str, model: str, data: str, images: str | None, backend: str, think: bool, template: str | None,
+    max_new_tokens: int, min_pixels: int | None, max_pixels: int | None, seed: int, mask_tokenizer: str,
+    decoding: str = GREEDY,
+) -> dict:  # fmt: skip
+    """`eval_settings.json`: everything that changes the predictions (a resumed eval must match it), as `samtok-rl
+    eval` and the evaluations during training both record it."""
     return {
-        "task": args.task,
-        "model": str(args.model),
-        "data": str(data.resolve()),
-        "images": None if args.images is None else str(Path(args.images).resolve()),
-        "backend": backend,
-        "think": args.think,
-        "template": args.template,
-        "max_new_tokens": max_new_tokens,
-        "min_pixels": args.min_pixels,
-        "max_pixels": args.max_pixels,
-        "seed": args.seed,
-        "mask_tokenizer": f"{args.sam2_config}:{args.checkpoint}" if args.checkpoint else args.mask_tokenizer_source,
-        "gres_span_cap": GRES_MAX_SPANS if (args.task == "gres" and args.think) else None,
-        "decoding": "greedy (do_sample=False, top_p=1.0), skip_special_tokens=False",
+        "task": task, "model": model, "data": data, "images": images, "backend": backend, "think": think,
+        "template": template, "max_new_tokens": max_new_tokens, "min_pixels": min_pixels, "max_pixels": max_pixels,
+        "seed": seed, "mask_tokenizer": mask_tokenizer,
+        "gres_span_cap": GRES_MAX_SPANS if (task == "gres" and think) else None,
+        "decoding": f"{decoding}, skip_special_tokens=False",
     }  # fmt: skip
+
+
+def _settings(args, backend: str, max_new_tokens: int, data: Path) -> dict:
+    """The settings of `samtok-rl eval` (see [`eval_settings`])."""
+    images = None if args.images is None else str(Path(args.images).resolve())
+    return eval_settings(
+        args.task, str(args.model), str(data.resolve()), images, backend, args.think, args.template, max_new_tokens,
+        args.min_pixels, args.max_pixels, args.seed,
+        f"{args.sam2_config}:{args.checkpoint}" if args.checkpoint else args.mask_tokenizer_source,
+    )  # fmt: skip
 
 
 def check_inputs(args: EvalConfig, mask_tokenizer=None) -> None:

@@ -28,31 +28,26 @@ class HFGenerator:
     """
 
     def __init__(self, model: str, device: str, max_new_tokens: int, min_pixels: int, max_pixels: int):
-        self.processor = AutoProcessor.from_pretrained(model, min_pixels=min_pixels, max_pixels=max_pixels)
-        self.processor.tokenizer.padding_side = "left"  # decoder-only batches pad on the left
+        processor = AutoProcessor.from_pretrained(model, min_pixels=min_pixels, max_pixels=max_pixels)
         dtype = torch.bfloat16 if str(device).startswith("cuda") else torch.float32
-        self.model = AutoModelForImageTextToText.from_pretrained(model, dtype=dtype).to(device).eval()
-        self.device = device
-        self.max_new_tokens = max_new_tokens
-        eos = self.model.generation_config.eos_token_id
-        self.stop_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
-        tok = self.processor.tokenizer
-        if tok.eos_token_id is not None:
-            self.stop_ids.add(tok.eos_token_id)
-        self.pad_id = tok.pad_token_id
+        self._bind(AutoModelForImageTextToText.from_pretrained(model, dtype=dtype).to(device).eval(), processor,
+                   max_new_tokens)  # fmt: skip
 
     @classmethod
     def wrap(cls, model, processor, max_new_tokens: int) -> HFGenerator:
         """A generator over an already loaded model and processor (the policy during training), left as they are:
         the model's mode and the processor's padding side are not changed."""
         self = cls.__new__(cls)
+        self._bind(model, processor, max_new_tokens)
+        return self
+
+    def _bind(self, model, processor, max_new_tokens: int) -> None:
         self.processor, self.model, self.device, self.max_new_tokens = processor, model, model.device, max_new_tokens
         eos = model.generation_config.eos_token_id
         self.stop_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
         if processor.tokenizer.eos_token_id is not None:
             self.stop_ids.add(processor.tokenizer.eos_token_id)
         self.pad_id = processor.tokenizer.pad_token_id
-        return self
 
     def image_resolution(self) -> dict:
         size = self.processor.image_processor.size
@@ -128,10 +123,11 @@ class VLLMGenerator:
         gpu_memory_utilization: float,
         tensor_parallel_size: int,
     ):
-        from vllm import LLM, SamplingParams  # optional: not a dependency of the main environment
+        from vllm import LLM  # optional: not a dependency of the main environment
 
-        self.processor = AutoProcessor.from_pretrained(model, min_pixels=min_pixels, max_pixels=max_pixels)
-        self.llm = LLM(
+        # The processor first: a model folder it cannot read fails before the engine starts (minutes).
+        processor = AutoProcessor.from_pretrained(model, min_pixels=min_pixels, max_pixels=max_pixels)
+        llm = LLM(
             model=model,
             seed=seed,
             max_model_len=max_model_len,
@@ -140,21 +136,22 @@ class VLLMGenerator:
             limit_mm_per_prompt={"image": 1, "video": 0},
             mm_processor_kwargs={"min_pixels": min_pixels, "max_pixels": max_pixels},
         )
-        self.sampling = SamplingParams(
-            temperature=0.0, top_p=1.0, max_tokens=max_new_tokens, skip_special_tokens=False, seed=seed
-        )
+        self._bind(llm, processor, max_new_tokens, seed)
 
     @classmethod
     def wrap(cls, llm, processor, max_new_tokens: int, seed: int) -> VLLMGenerator:
         """A generator over a running engine (the trainer's colocated one, holding the synced policy weights)."""
+        self = cls.__new__(cls)
+        self._bind(llm, processor, max_new_tokens, seed)
+        return self
+
+    def _bind(self, llm, processor, max_new_tokens: int, seed: int) -> None:
         from vllm import SamplingParams
 
-        self = cls.__new__(cls)
         self.processor, self.llm = processor, llm
         self.sampling = SamplingParams(
             temperature=0.0, top_p=1.0, max_tokens=max_new_tokens, skip_special_tokens=False, seed=seed
         )
-        return self
 
     image_resolution = HFGenerator.image_resolution
     strip_tokens = HFGenerator.strip_tokens

@@ -59,7 +59,12 @@ class InspectConfig:
 
 def _tokenizer_factory(config: InspectConfig, recorded: str | None):
     """A callable building the mask tokenizer (only when some rollout holds a code), checked before any work."""
-    from samtok_rl.mask_tokenizer import build_mask_tokenizer, check_mask_tokenizer_source, default_device
+    from samtok_rl.mask_tokenizer import (
+        build_mask_tokenizer,
+        check_mask_tokenizer_source,
+        default_device,
+        recorded_mask_tokenizer,
+    )
 
     source, sam2_config, checkpoint = config.mask_tokenizer, config.sam2_config, config.checkpoint
     if source is None and checkpoint is None:
@@ -67,10 +72,7 @@ def _tokenizer_factory(config: InspectConfig, recorded: str | None):
             raise UsageError(
                 f"{config.folder} does not record its mask tokenizer (samtok_run.json); name it with --mask_tokenizer"
             )
-        if ":" in recorded and not Path(recorded).exists():  # `samtok-rl prepare`'s "<sam2 config>:<checkpoint>"
-            sam2_config, checkpoint = recorded.rsplit(":", 1)
-        else:
-            source = recorded
+        source, sam2_config, checkpoint = recorded_mask_tokenizer(recorded)
     check_mask_tokenizer_source(source, sam2_config, checkpoint)
     device = config.device or default_device()
     return lambda: build_mask_tokenizer(source, sam2_config, checkpoint, device, drop_memory_modules=True)

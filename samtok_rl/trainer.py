@@ -236,11 +236,16 @@ class SamtokGRPOTrainer(GRPOTrainer):
                 return super()._load_optimizer_and_scheduler(checkpoint)
         return super()._load_optimizer_and_scheduler(checkpoint)
 
+    def _stock_checkpoint_loading(self, model) -> bool:
+        """Whether transformers' own checkpoint loading is right for `model`: PEFT adapters, FSDP and DeepSpeed
+        checkpoints; a plain full model is reloaded through `from_pretrained` instead."""
+        return isinstance(model, PeftModel) or self.is_fsdp_enabled or self.is_deepspeed_enabled
+
     def _load_best_model(self) -> None:
         # transformers restores a full-model best checkpoint with the same plain non-strict `load_state_dict` as a
         # resume (see `_load_from_checkpoint`): no key matches and `load_best_model_at_end` would keep the last
         # weights with a warning. PEFT adapters, FSDP and DeepSpeed keep the stock path.
-        if isinstance(self.model, PeftModel) or self.is_fsdp_enabled or self.is_deepspeed_enabled:
+        if self._stock_checkpoint_loading(self.model):
             return super()._load_best_model()
         logger.info("restoring the best model: %s (%s %s)", self.state.best_model_checkpoint,
                     self.args.metric_for_best_model, self.state.best_metric)  # fmt: skip
@@ -255,7 +260,7 @@ class SamtokGRPOTrainer(GRPOTrainer):
         applies the model's key conversion. PEFT adapters, FSDP and DeepSpeed checkpoints keep the stock path.
         """
         model = self.model if model is None else model
-        if isinstance(model, PeftModel) or self.is_fsdp_enabled or self.is_deepspeed_enabled:
+        if self._stock_checkpoint_loading(model):
             return super()._load_from_checkpoint(resume_from_checkpoint, model)
         logger.info("loading the model weights of %s with from_pretrained", resume_from_checkpoint)
         loaded = type(model).from_pretrained(resume_from_checkpoint, dtype=model.dtype)

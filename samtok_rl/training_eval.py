@@ -40,6 +40,7 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "EVAL_DIR",
     "LOGGED",
+    "LOGGED_NAMES",
     "EvalSplit",
     "best_metric_key",
     "check_eval_recipe",
@@ -57,6 +58,7 @@ LOGGED = {
     "gres": {"gIoU": "giou", "cIoU": "ciou", "N_acc": "n_acc", "T_acc": "t_acc"},
     "gcg": {"AP50": "ap50", "mIoU": "miou", "Recall": "recall", "METEOR": "meteor", "CIDEr": "cider"},
 }
+LOGGED_NAMES = {name for names in LOGGED.values() for name in names.values()}
 # Also logged: how many samples were answered and how long it took.
 RUN_KEYS = ("samples", "seconds")
 
@@ -79,21 +81,15 @@ class EvalSplit:
     seed: int
 
     def settings(self, model: str, backend: str, pixels: dict) -> dict:
-        """`eval_settings.json`: the same keys as `samtok-rl eval` writes."""
-        from samtok_rl.parsing import GRES_MAX_SPANS
+        """`eval_settings.json`, as `samtok-rl eval` records it."""
+        from samtok_rl.evaluate import GREEDY, eval_settings
 
-        decoding = (
-            "greedy (do_sample=False, top_p=1.0)"
-            if self.temperature == 0
-            else f"sampled (temperature={self.temperature}, top_p=1.0, seed {self.seed} + step)"
-        ) + ", skip_special_tokens=False"
-        return {
-            "task": self.task, "model": model, "data": self.data, "images": self.images, "backend": backend,
-            "think": self.think, "template": None, "max_new_tokens": self.max_new_tokens,
-            "min_pixels": pixels.get("min_pixels"), "max_pixels": pixels.get("max_pixels"), "seed": self.seed,
-            "mask_tokenizer": self.mask_tokenizer,
-            "gres_span_cap": GRES_MAX_SPANS if (self.task == "gres" and self.think) else None, "decoding": decoding,
-        }  # fmt: skip
+        decoding = GREEDY if self.temperature == 0 else (
+            f"sampled (temperature={self.temperature}, top_p=1.0, seed {self.seed} + step)"
+        )  # fmt: skip
+        return eval_settings(self.task, model, self.data, self.images, backend, self.think, None, self.max_new_tokens,
+                             pixels.get("min_pixels"), pixels.get("max_pixels"), self.seed, self.mask_tokenizer,
+                             decoding)  # fmt: skip
 
 
 class ResumedStart(TrainerCallback):
@@ -152,8 +148,9 @@ def check_eval_schedule(values) -> None:
         and values.save_steps % eval_steps
     ):
         raise UsageError(
-            f"load_best_model_at_end: save_steps {values.save_steps:g} is not a multiple of eval_steps {eval_steps:g}, "
-            "so the best evaluation could have no checkpoint to restore; make save_steps a multiple of eval_steps"
+            f"load_best_model_at_end: save_steps {values.save_steps:g} is not a multiple of eval_steps "
+            f"{eval_steps:g}, so the best evaluation could have no checkpoint to restore; make save_steps a multiple "
+            "of eval_steps"
         )
 
 
@@ -191,9 +188,10 @@ def load_eval_split(script_args, training_args, reward_specs: Sequence[str]) -> 
     from samtok_rl.checks import check_tasks
     from samtok_rl.configs import SAMPLE_PREFIX
     from samtok_rl.evaluate import make_samples, rows_from_prepared
-    from samtok_rl.loading import load_rows, sample_dir
+    from samtok_rl.loading import load_rows, prepared_folder, sample_dir
     from samtok_rl.prepare import prepared_tokenizer
     from samtok_rl.prompts import asks_to_think
+    from samtok_rl.runlog import tracker_name
 
     name = script_args.eval_dataset
     if name is None:
@@ -225,15 +223,15 @@ def load_eval_split(script_args, training_args, reward_specs: Sequence[str]) -> 
     logged = [f"eval_{k}" for k in (*LOGGED[task].values(), *RUN_KEYS)]
     if wanted is not None and wanted not in logged:
         raise UsageError(
-            f"metric_for_best_model {wanted.replace('eval_', 'eval/', 1)!r} is not logged by the {task} evaluation "
-            f"(its metrics: {', '.join(k.replace('eval_', 'eval/', 1) for k in logged)})"
+            f"metric_for_best_model {tracker_name(wanted)!r} is not logged by the {task} evaluation "
+            f"(its metrics: {', '.join(map(tracker_name, logged))})"
         )
     if task == "gres" and wanted in ("eval_n_acc", "eval_t_acc"):
         # N-acc is undefined without no-target rows, T-acc without target rows: nothing to select a checkpoint by.
         needed = wanted == "eval_n_acc"
         if needed not in set(rows["no_target"]):
             raise UsageError(
-                f"metric_for_best_model {wanted.replace('eval_', 'eval/', 1)!r}: eval_dataset {name!r} has no "
+                f"metric_for_best_model {tracker_name(wanted)!r}: eval_dataset {name!r} has no "
                 f"{'no-target' if needed else 'target'} rows, so it is undefined; choose eval/giou or eval/ciou"
             )
     if name.startswith(SAMPLE_PREFIX):
@@ -243,8 +241,8 @@ def load_eval_split(script_args, training_args, reward_specs: Sequence[str]) -> 
     images = (
         str(Path(script_args.image_root).resolve()) if name.endswith(".parquet") and script_args.image_root else None
     )
-    tokenizer = script_args.mask_tokenizer or prepared_tokenizer(folder if not name.endswith(".parquet") else
-                                                                 _parquet_folder(name, script_args.image_root))  # fmt: skip
+    # `sample:` needs `mask_tokenizer` (load_rows said so); a folder or parquet file records its own.
+    tokenizer = script_args.mask_tokenizer or prepared_tokenizer(prepared_folder(name, script_args.image_root))
     if tokenizer is None:
         raise UsageError(f"eval_dataset {name!r}: its masks need a mask tokenizer to decode the answers; set "
                          "mask_tokenizer")  # fmt: skip
@@ -254,12 +252,6 @@ def load_eval_split(script_args, training_args, reward_specs: Sequence[str]) -> 
         temperature=script_args.eval_temperature, batch_size=script_args.eval_batch_size, mask_tokenizer=tokenizer,
         text_encoder=script_args.eval_text_encoder, seed=training_args.seed,
     )  # fmt: skip
-
-
-def _parquet_folder(name: str, image_root: str | None) -> str:
-    from samtok_rl.loading import easyr1_dir
-
-    return str(easyr1_dir(name, image_root))
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -320,17 +312,18 @@ def _generate_shard(trainer, split: EvalSplit, samples: list, mask_tokenizer) ->
     from samtok_rl.evaluate import generate_records
     from samtok_rl.generation import HFGenerator, VLLMGenerator
 
-    step_seed = split.seed + trainer.state.global_step
+    def answer(generator) -> tuple[list[dict], float]:
+        if split.temperature > 0:
+            generator = _Sampled(generator, split.temperature, split.seed + trainer.state.global_step)
+        return generate_records(split.task, samples, generator, mask_tokenizer, split.think, SPLIT, split.batch_size)
+
     engine = _colocated_engine(trainer)
     if engine is not None:
         if engine.enable_sleep_mode:
             engine.llm.wake_up(tags=["kv_cache"])
-        generator = VLLMGenerator.wrap(engine.llm, trainer.processing_class, split.max_new_tokens, split.seed)
-        if split.temperature > 0:
-            generator = _Sampled(generator, split.temperature, step_seed)
         try:
-            records, seconds = generate_records(split.task, samples, generator, mask_tokenizer, split.think, SPLIT,
-                                                split.batch_size)  # fmt: skip
+            records, seconds = answer(VLLMGenerator.wrap(engine.llm, trainer.processing_class, split.max_new_tokens,
+                                                         split.seed))  # fmt: skip
         finally:
             if engine.enable_sleep_mode:
                 engine.llm.sleep(level=2)
@@ -342,11 +335,7 @@ def _generate_shard(trainer, split: EvalSplit, samples: list, mask_tokenizer) ->
         ) as model,
         trainer._dist.summon_full_params(trainer.model_wrapped, recurse=False),
     ):
-        generator = HFGenerator.wrap(model, trainer.processing_class, split.max_new_tokens)
-        if split.temperature > 0:
-            generator = _Sampled(generator, split.temperature, step_seed)
-        records, seconds = generate_records(split.task, samples, generator, mask_tokenizer, split.think, SPLIT,
-                                            split.batch_size)  # fmt: skip
+        records, seconds = answer(HFGenerator.wrap(model, trainer.processing_class, split.max_new_tokens))
     return records, "hf (the trainer's model)", seconds
 
 
@@ -354,12 +343,9 @@ def _recorded(trainer) -> dict[str, float] | None:
     """The metrics of an evaluation already logged at this step (a resumed run's checkpoint holds it)."""
     step = trainer.state.global_step
     for entry in reversed(trainer.state.log_history):
-        if entry.get("step") == step and any(k.startswith("eval_") and k[5:] in _ALL_LOGGED for k in entry):
+        if entry.get("step") == step and any(k.startswith("eval_") and k[5:] in LOGGED_NAMES for k in entry):
             return {k: v for k, v in entry.items() if k.startswith("eval_")}
     return None
-
-
-_ALL_LOGGED = {name for names in LOGGED.values() for name in names.values()}
 
 
 def evaluate_policy(
@@ -374,7 +360,7 @@ def evaluate_policy(
     """
     from accelerate.utils import broadcast_object_list, gather_object
 
-    from samtok_rl.evaluate import METRICS_FILE, SETTINGS_FILE, score_split
+    from samtok_rl.evaluate import score_split
 
     recorded = _recorded(trainer)
     if recorded is not None or resumed_start:
@@ -398,8 +384,7 @@ def evaluate_policy(
             logs = {f"eval_{name}": _plain(metrics[key]) for key, name in LOGGED[split.task].items() if key in metrics}
             logs["eval_samples"] = len(ordered)
             logs["eval_seconds"] = round(time.perf_counter() - start, 3)
-            _write_folder(trainer, split, ordered, metrics, backend, gen_seconds, logs["eval_seconds"],
-                          METRICS_FILE, SETTINGS_FILE)  # fmt: skip
+            _write_folder(trainer, split, ordered, metrics, backend, gen_seconds, logs["eval_seconds"])
             payload = [logs]
         broadcast_object_list(payload, from_process=0)
         logs = payload[0]
@@ -419,15 +404,17 @@ def evaluate_policy(
 
 
 def _plain(value):
+    # JSON loggers reject NaN (N-acc of a split without no-target rows): logged as None.
     value = float(value)
-    return (
-        value if math.isfinite(value) else None
-    )  # JSON loggers reject NaN (e.g. N-acc of a split without no-target rows)
+    return value if math.isfinite(value) else None
 
 
 def _write_folder(
-    trainer, split, records, metrics, backend, gen_seconds, seconds, metrics_file, settings_file
+    trainer, split: EvalSplit, records, metrics, backend: str, gen_seconds: float, seconds: float
 ) -> None:
+    """The step's `samtok-rl eval` folder: settings, predictions (dataset order) and metrics."""
+    from samtok_rl.evaluate import METRICS_FILE, SETTINGS_FILE, _json_default
+
     folder = eval_folder(trainer.args.output_dir, trainer.state.global_step)
     folder.mkdir(parents=True, exist_ok=True)
     try:  # Qwen processors keep their pixel bounds as the size's edges (as `samtok-rl eval` reads them back)
@@ -437,27 +424,21 @@ def _write_folder(
         pixels = {}
     model = f"{trainer.args.output_dir} at step {trainer.state.global_step}"
     settings = split.settings(model, backend, pixels)
-    (folder / settings_file).write_text(json.dumps(settings, indent=1))
+    (folder / SETTINGS_FILE).write_text(json.dumps(settings, indent=1))
     # Written whole, not appended: a re-run of the same step (a resumed run that had not saved it) replaces it.
     (folder / f"predictions_{SPLIT}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     result = {"settings": settings, "splits": {SPLIT: metrics},
               "run": {"generated": len(records), "resumed": 0, "samples": len(records),
                       "generation_seconds": round(gen_seconds, 3), "total_seconds": seconds,
                       "step": trainer.state.global_step}}  # fmt: skip
-    from samtok_rl.evaluate import _json_default
-
-    (folder / metrics_file).write_text(json.dumps(result, indent=1, default=_json_default))
+    (folder / METRICS_FILE).write_text(json.dumps(result, indent=1, default=_json_default))
 
 
 def build_mask_tokenizer_for(split: EvalSplit, device: str):
     """The mask tokenizer that decodes the answers: the one the split's GT codes were made with (or the recipe's)."""
-    from samtok_rl.mask_tokenizer import build_mask_tokenizer
+    from samtok_rl.mask_tokenizer import build_mask_tokenizer, recorded_mask_tokenizer
 
-    recorded = split.mask_tokenizer
-    if ":" in recorded and not Path(recorded).exists():  # `samtok-rl prepare`'s "<sam2 config>:<checkpoint>"
-        sam2_config, checkpoint = recorded.rsplit(":", 1)
-        return build_mask_tokenizer(None, sam2_config, checkpoint, device, drop_memory_modules=True)
-    return build_mask_tokenizer(recorded, None, None, device, drop_memory_modules=True)
+    return build_mask_tokenizer(*recorded_mask_tokenizer(split.mask_tokenizer), device, drop_memory_modules=True)
 
 
 def build_text_similarity(split: EvalSplit | None, device: str):

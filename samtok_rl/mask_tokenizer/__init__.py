@@ -29,6 +29,7 @@ from samtok_rl.mask_tokenizer.build import (
     check_mask_tokenizer_files,
     check_mask_tokenizer_source,
     default_device,
+    recorded_mask_tokenizer,
     same_mask_tokenizer,
 )
 from samtok_rl.mask_tokenizer.checkpoint import (
@@ -58,6 +59,7 @@ __all__ = [
     "check_mask_tokenizer_files",
     "check_mask_tokenizer_source",
     "default_device",
+    "recorded_mask_tokenizer",
     "resize_image",
     "same_mask_tokenizer",
 ]

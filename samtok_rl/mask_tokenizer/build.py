@@ -24,6 +24,7 @@ __all__ = [
     "check_mask_tokenizer_files",
     "check_mask_tokenizer_source",
     "default_device",
+    "recorded_mask_tokenizer",
     "same_mask_tokenizer",
 ]
 
@@ -123,6 +124,23 @@ def _weights_path(name: str) -> Path | None:
     except ValueError:  # not a valid repo id (a `sam2_config:checkpoint` pair): not in the cache either
         return None
     return Path(cached).resolve() if isinstance(cached, str) else None
+
+
+def recorded_mask_tokenizer(recorded: str) -> tuple[str | None, str | None, str | None]:
+    """`(source, sam2_config, checkpoint)` of a mask-tokenizer name as prepared folders and runs record it: a tokenizer
+    built from a sam2 config and a checkpoint is recorded as `<sam2 config>:<checkpoint>` (`samtok-rl prepare`);
+    anything else (micro, a SAMTok folder, a Hub id, a checkpoint file) is a source.
+
+    Example:
+    >>> recorded_mask_tokenizer("micro")
+    ('micro', None, None)
+    >>> recorded_mask_tokenizer("configs/sam2_l.yaml:weights/mt.pth")
+    (None, 'configs/sam2_l.yaml', 'weights/mt.pth')
+    """
+    if ":" in recorded and not Path(recorded).exists():
+        sam2_config, checkpoint = recorded.rsplit(":", 1)
+        return None, sam2_config, checkpoint
+    return recorded, None, None
 
 
 def same_mask_tokenizer(recorded: str, named: str) -> bool:

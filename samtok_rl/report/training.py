@@ -58,9 +58,9 @@ def read_step_metrics(path: Path) -> list[dict]:
 def read_eval_metrics(path: Path) -> list[dict]:
     """The benchmark evaluations of `metrics.jsonl` (`samtok_rl.training_eval`: entries with `eval/<metric>`), one per
     step (a resumed run's last), by step."""
-    from samtok_rl.training_eval import LOGGED
+    from samtok_rl.training_eval import LOGGED_NAMES
 
-    names = {f"eval/{n}" for names in LOGGED.values() for n in names.values()}
+    names = {f"eval/{n}" for n in LOGGED_NAMES}
     if not path.is_file():
         return []
     by_step = {e["step"]: e for e in _jsonl(path) if "step" in e and names & e.keys()}
