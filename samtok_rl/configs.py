@@ -98,6 +98,29 @@ class SamtokScriptArguments:
             "dropped groups (zero advantage) and a warning is logged."
         },
     )
+    guided_groups: bool = field(
+        default=False,
+        metadata={
+            "help": "Replace the last completion of each group without a right answer (best `guided_reward` score "
+            "below `guided_threshold`) by the reference answer, written in the prompt's format (`samtok_rl.guided`)."
+        },
+    )
+    guided_threshold: float = field(
+        default=1.0,
+        metadata={"help": "A group whose best task-reward score is below this gets the reference answer (1.0: no "
+                  "completion earns full mask credit)."},
+    )  # fmt: skip
+    guided_reward: str | None = field(
+        default=None,
+        metadata={"help": "The reward that judges a right answer (default: the preset's mask reward, "
+                  "gres_mask_reward or gcg_mask_reward)."},
+    )  # fmt: skip
+    guided_shaping: str = field(
+        default="none",
+        metadata={"help": "The guided completion's loss: `none` (the plain GRPO term) or `luffy` (LUFFY's policy "
+                  "shaping pi / (pi + guided_gamma))."},
+    )  # fmt: skip
+    guided_gamma: float = field(default=0.1, metadata={"help": "LUFFY's shaping constant (the paper's 0.1)."})
     eval_dataset: str | None = field(
         default=None,
         metadata={

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from trl import GRPOConfig, ModelConfig
+from trl.trainer.utils import get_callable_name
 
 import rewards
 from samtok_rl.checks import (
@@ -39,6 +40,7 @@ from samtok_rl.cli import config_parser, report_errors
 from samtok_rl.configs import SamtokScriptArguments
 from samtok_rl.dynamic_sampling import DynamicSampling
 from samtok_rl.errors import UsageError
+from samtok_rl.guided import Guidance, check_guided_lengths, check_guided_recipe, guided_reward_index
 from samtok_rl.loading import (
     add_mask_tokens_and_save,
     freeze_vision_tower,
@@ -158,8 +160,12 @@ def main(script_args=None, training_args=None, model_args=None):
     check_rewards_package()
     check_recipe(script_args, training_args, model_args)
     check_eval_recipe(script_args, training_args)
+    check_guided_recipe(script_args, training_args)
     resume = resolve_resume(training_args)
     specs, funcs = resolve_rewards(script_args, training_args)
+    guided_reward = None
+    if script_args.guided_groups:
+        guided_reward = guided_reward_index(script_args, specs, [get_callable_name(f) for f in funcs])
     dataset = load_dataset(script_args, training_args)
     check_columns(dataset, funcs, specs)
     check_tasks(dataset, specs)
@@ -202,6 +208,10 @@ def main(script_args=None, training_args=None, model_args=None):
         path = add_mask_tokens_and_save(path, script_args, model_args, training_args)
         processor = load_processor(path, script_args, model_args, training_args)
     check_mask_tokens(processor)
+    if guided_reward is not None:
+        columns = [c for c in ("prompt", "solution", "expression", "no_target") if c in dataset.column_names]
+        check_guided_lengths(dataset.select_columns(columns), processor.tokenizer,
+                             training_args.max_completion_length, script_args.dataset)  # fmt: skip
     model = load_model(path, model_args, training_args)
     if script_args.freeze_vision_tower:
         logger.info("vision tower frozen (%d parameters)", freeze_vision_tower(model))
@@ -229,6 +239,11 @@ def main(script_args=None, training_args=None, model_args=None):
         if script_args.dynamic_sampling
         else None,
         benchmark_eval=benchmark_eval,
+        guidance=Guidance(
+            guided_reward, script_args.guided_threshold, script_args.guided_shaping, script_args.guided_gamma
+        )
+        if guided_reward is not None
+        else None,
     )
     if trainer.accelerator.is_main_process:
         # What `samtok-rl inspect` needs to decode and label the rollouts, and what a resume is compared with.

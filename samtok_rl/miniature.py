@@ -176,13 +176,33 @@ class MiniatureConfig:
         default=False,
         metadata={"help": "Also train a second GRPO arm with dynamic sampling from the same warm start (a column)."},
     )
+    plain: bool = field(
+        default=True,
+        metadata={"help": "Train the plain GRPO arm (--plain false: only the other arms asked for)."},
+    )
+    guided: bool = field(
+        default=False,
+        metadata={
+            "help": "Also train guided-groups arms from the same warm start (`samtok_rl.guided`): plain loss at each "
+            "of guided_thresholds, LUFFY-shaped at the first."
+        },
+    )
+    guided_thresholds: list[float] = field(
+        default_factory=lambda: [1.0],
+        metadata={"help": "guided_threshold of the guided arms (the first also gets the shaped arm)."},
+    )
     eval_steps: int = field(
         default=EVAL_STEPS,
         metadata={"help": "GRPO evaluates val (decoded GT) at step 0, every eval_steps and at the end."},
     )
+    eval_on_start: bool = field(
+        default=True, metadata={"help": "Evaluate at GRPO's step 0 (the warm start; the same for every arm)."}
+    )
 
     def check(self) -> None:
         """Refuse settings that cannot give a run, before anything is written."""
+        if self.guided and not self.guided_thresholds:
+            raise UsageError("miniature: guided needs at least one of guided_thresholds")
         for name in ("train_images", "val_images", "sft_steps", "grpo_steps", "eval_steps"):
             if getattr(self, name) < 1:
                 raise UsageError(f"miniature: {name} must be >= 1, got {getattr(self, name)}")
@@ -269,7 +289,7 @@ def train_grpo(config: MiniatureConfig, stage: Stage, start: Path, name: str, *e
     argv = ["--config", str(RECIPE), "--model_name_or_path", str(start), "--dataset", str(stage.out / "prepared" / "rl"),
             "--output_dir", str(stage.out / name), "--max_steps", str(config.grpo_steps), "--seed", str(config.seed),
             "--eval_dataset", str(stage.out / "prepared" / VAL_DECODED), "--eval_steps", str(config.eval_steps),
-            *extra]  # fmt: skip
+            "--eval_on_start", str(config.eval_on_start).lower(), *extra]  # fmt: skip
     grpo.main(argv)
     return stage.out / name
 
@@ -357,14 +377,27 @@ def run(config: MiniatureConfig) -> dict:
     stage = build_data(config, out)
     sft = train_warm_start(config, stage)
     results = {"sft": evaluate_model(stage, sft, "sft")}
-    if config.grpo:
+    if config.grpo and config.plain:
         run_dir = train_grpo(config, stage, sft, "grpo")
         results["grpo"] = evaluate_model(stage, run_dir, "grpo")
         results["grpo_curve"] = check_last_evaluation(stage, run_dir)
         results["report"] = str(inspect_folder(InspectConfig(folder=str(run_dir)))["index"])
-    if config.grpo and config.dynamic_sampling:
-        model = train_grpo(config, stage, sft, "grpo_ds", "--dynamic_sampling", "true")
-        results["grpo_ds"] = evaluate_model(stage, model, "grpo_ds")
+    arms = {}
+    if config.dynamic_sampling:
+        arms["grpo_ds"] = ("--dynamic_sampling", "true")
+    if config.guided:
+        for k, threshold in enumerate(config.guided_thresholds):
+            flags = ("--guided_groups", "true", "--guided_threshold", str(threshold))
+            arms[guided_arm(threshold, k == 0)] = flags
+            if k == 0:
+                arms[guided_arm(threshold, True, shaped=True)] = (*flags, "--guided_shaping", "luffy")
+    for name, flags in arms.items() if config.grpo else ():
+        start_arm = time.perf_counter()
+        run_dir = train_grpo(config, stage, sft, name, *flags)
+        results[name] = evaluate_model(stage, run_dir, name) | {"seconds": time.perf_counter() - start_arm,
+                                                                "train_seconds": _train_seconds(run_dir)}  # fmt: skip
+        (out / "results_partial.json").write_text(json.dumps(results, indent=1))  # an interrupted run keeps its arms
+    results["arms"] = {name: arm_label(name) for name in ("grpo", *arms) if name in results}
     results["val_rows"] = len(stage.gt_codes)
     results["held_out"] = list(config.held_out)
     results["seconds"] = time.perf_counter() - start
@@ -373,27 +406,45 @@ def run(config: MiniatureConfig) -> dict:
     return results
 
 
-ARMS = {"grpo": "after GRPO", "grpo_ds": "GRPO + DS"}
+ARMS = {"grpo": "after GRPO", "grpo_ds": "GRPO + DS", "guided": "guided", "guided_shaped": "guided+LUFFY"}
+
+
+def guided_arm(threshold: float, first: bool, shaped: bool = False) -> str:
+    """The name of a guided arm: `guided` / `guided_shaped` at the first threshold, `guided_t<threshold>` else."""
+    if first:
+        return "guided_shaped" if shaped else "guided"
+    return f"guided_t{threshold:g}"
+
+
+def arm_label(name: str) -> str:
+    """The table's column title of an arm."""
+    return ARMS.get(name) or f"guided t={name.removeprefix('guided_t')}"
+
+
+def _train_seconds(run_dir: Path) -> float | None:
+    """The GRPO run's training time (transformers' `train_runtime`, evaluations included) from `metrics.jsonl`."""
+    entries = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return next((e["train_runtime"] for e in reversed(entries) if "train_runtime" in e), None)
 
 
 def table(results: dict) -> str:
     """The "SFT start vs after GRPO" table of `run`'s results (one column pair per GRPO arm that ran)."""
-    arms = [a for a in ARMS if a in results] or ["grpo"]
-    head = f"{'val metric':<22}{'SFT start':>10}" + "".join(f"{ARMS[a]:>12}{'diff':>8}" for a in arms)
+    arms = list(results.get("arms") or [a for a in ARMS if a in results]) or ["grpo"]
+    head = f"{'val metric':<22}{'SFT start':>10}" + "".join(f"{arm_label(a):>14}{'diff':>8}" for a in arms)
     lines = [head]
     for key in TABLE_METRICS:
         sft = results["sft"][key]
         cells = f"{sft:>10.2f}"
         for arm in arms:
             after = results.get(arm, {}).get(key)
-            cells += f"{after:>12.2f}{after - sft:>+8.2f}" if after is not None else f"{'-':>12}{'-':>8}"
+            cells += f"{after:>14.2f}{after - sft:>+8.2f}" if after is not None else f"{'-':>14}{'-':>8}"
         lines.append(f"{key.replace('_', '-'):<22}{cells}")
     for kind in ROW_KINDS:  # exact codes per kind of expression, as counts: where the difference comes from
         right, rows = results["sft"]["exact by kind"][kind]
         cells = f"{f'{right}/{rows}':>10}"
         for arm in arms:
             after = results.get(arm, {}).get("exact by kind", {}).get(kind)
-            cells += f"{f'{after[0]}/{after[1]}':>12}{after[0] - right:>+8d}" if after else f"{'-':>12}{'-':>8}"
+            cells += f"{f'{after[0]}/{after[1]}':>14}{after[0] - right:>+8d}" if after else f"{'-':>14}{'-':>8}"
         lines.append(f"{'exact: ' + kind:<22}{cells}")
     curve = results.get("grpo_curve")
     if curve:

@@ -4,7 +4,8 @@ Every logged step, `SamtokGRPOTrainer` appends the completions of the first `rol
 generation batch to `<output_dir>/rollouts.jsonl` (main process only; TRL has already gathered them from every
 process). A record holds the step, the prompt (text, image path, task), the completion text exactly as the rewards
 saw it (grounding markers and mask tokens kept), its mask codes, every reward component, the weighted total, the
-advantage, and the reference answer with the GT masks (RLE), so a run can be read back and inspected.
+advantage, the reference answer with the GT masks (RLE), and whether the completion is the reference answer itself
+(`guided`: guided groups), so a run can be read back and inspected.
 """
 
 from __future__ import annotations
@@ -75,6 +76,8 @@ def rollout_records(
                 "advantage": _number(logs["advantages"][i]),
                 "solution": extra["samtok_solution"][i] if "samtok_solution" in extra else None,
                 "gt_masks": extra["samtok_gt_masks"][i] if "samtok_gt_masks" in extra else None,
+                # The reference answer put in a group without a right answer (`samtok_rl.guided`), not a sample.
+                "guided": bool(extra["samtok_guided"][i]) if "samtok_guided" in extra else False,
             }
         )
     return records

@@ -13,9 +13,12 @@ The one thin subclass of TRL's trainer in samtok-rl. It overrides ten methods, a
 - `evaluate`: with a benchmark split (`eval_dataset` in the recipe), the benchmark's evaluation
   (`samtok_rl.training_eval`) instead of TRL's.
 - `log`: also appends the logged step's rollouts to `<output_dir>/rollouts.jsonl` (`samtok_rl.rollouts`).
-- `_generate_single_turn`: completions are cut before a sampled vision placeholder token (`samtok_rl.completions`).
+- `_generate_single_turn`: completions are cut before a sampled vision placeholder token (`samtok_rl.completions`);
+  with guided groups on, the reference answer takes the last slot of each group without a right answer
+  (`samtok_rl.guided`).
 - `_calculate_rewards` (records the gathered rewards) and `_generate_and_score_completions` (more rounds, then the
-  informative groups only): dynamic sampling, when it is on (`samtok_rl.dynamic_sampling`).
+  informative groups only): dynamic sampling, when it is on (`samtok_rl.dynamic_sampling`); each round's output
+  also gets the guided completions' treatment (importance-sampling ratio 1, the chosen shaping, their logs).
 
 It also swaps transformers' dict-printing log callbacks for one compact line per step and a `metrics.jsonl`
 (`samtok_rl.runlog`).
@@ -36,6 +39,7 @@ from trl.trainer.utils import RepeatSampler, split_pixel_values_by_grid, unsplit
 from samtok_rl.checks import check_launch_took_effect
 from samtok_rl.completions import cut_at_placeholders
 from samtok_rl.dynamic_sampling import DynamicSampling, group_reward_std, merge_rounds, refill_indices, select_groups
+from samtok_rl.guided import Guidance, groups_to_guide, guided_ids, guided_text, luffy_old_logps, score_rows, slot_rows
 from samtok_rl.rollouts import append_rollouts, rollout_records
 from samtok_rl.runlog import use_compact_logs
 from samtok_rl.training_eval import BenchmarkEval, evaluate_policy
@@ -85,8 +89,12 @@ class SamtokGRPOTrainer(GRPOTrainer):
     """
 
     def __init__(self, model, *args, rollout_prompts: int = 0, dynamic_sampling: DynamicSampling | None = None,
-                 benchmark_eval: BenchmarkEval | None = None, **kwargs):  # fmt: skip
+                 benchmark_eval: BenchmarkEval | None = None, guidance: Guidance | None = None,
+                 **kwargs):  # fmt: skip
         self.benchmark_eval = benchmark_eval
+        self.guidance = guidance
+        self._round_inputs = None  # the rows of the generation round in progress (guided groups read them)
+        self._guided_local = None  # which of this process's rows of that round carry the reference answer
         if benchmark_eval is not None and kwargs.get("eval_dataset") is None:
             kwargs["eval_dataset"] = benchmark_eval.rows_dataset()
         self.rollout_prompts = rollout_prompts
@@ -157,7 +165,86 @@ class SamtokGRPOTrainer(GRPOTrainer):
         total = self.accelerator.gather(torch.tensor([cut, len(completion_ids)], device=self.accelerator.device))
         total = total.view(-1, 2).sum(dim=0).tolist()
         self._metrics[mode]["completions/cut_at_vision_token"].append(total[0] / max(total[1], 1))
+        if self.guidance is not None and mode == "train":
+            completion_ids, logprobs = self._guide_groups(completion_ids, logprobs)
         return completion_ids, logprobs
+
+    def _guide_groups(self, completion_ids, logprobs):
+        """Put the reference answer in the last slot of every group with no right answer (`samtok_rl.guided`)."""
+        inputs, guidance, generations = self._round_inputs, self.guidance, self.num_generations
+        tokenizer = self.processing_class.tokenizer
+        n = len(completion_ids)
+        reward = self.reward_funcs[guidance.reward_index]
+        prompts = [row["prompt"] for row in inputs]
+        texts = self.processing_class.batch_decode(completion_ids, skip_special_tokens=True)
+        sampled = torch.tensor(score_rows(reward, prompts, texts, completion_ids, inputs))
+        # The reference answer is scored at each group's last slot only (a pixel reward decodes what it scores).
+        slots = slot_rows(n, self.accelerator.process_index * n, generations)
+        texts = [guided_text(inputs[i]) for i in slots]
+        ids = [guided_ids(tokenizer, text, self.eos_token_ids[0]) for text in texts]
+        reference = torch.full((n,), float("nan"))
+        if slots:
+            slot_inputs = [inputs[i] for i in slots]
+            reference[slots] = torch.tensor(score_rows(reward, [r["prompt"] for r in slot_inputs], texts, ids,
+                                                       slot_inputs))  # fmt: skip
+        # Groups may straddle processes: every process decides on the gathered scores, so all agree.
+        device = self.accelerator.device
+        guided = groups_to_guide(self.accelerator.gather(sampled.to(device)).cpu(),
+                                 self.accelerator.gather(reference.to(device)).cpu(), generations,
+                                 guidance.threshold)  # fmt: skip
+        offset = self.accelerator.process_index * n
+        flags = [False] * n
+        completion_ids, logprobs = list(completion_ids), None if logprobs is None else list(logprobs)
+        for i, token_ids in zip(slots, ids):
+            if guided[(offset + i) // generations]:
+                flags[i] = True
+                completion_ids[i] = token_ids
+                if logprobs is not None:
+                    # No engine sampled it: its sampling logprobs are missing, which TRL's importance-sampling
+                    # correction reads as "no correction" (vLLM reports an unscorable token the same way).
+                    logprobs[i] = [None] * len(token_ids)
+        self._guided_local = flags
+        self._metrics["train"]["guided/fraction"].append(guided.float().mean().item())
+        self._log_completion_extra("samtok_guided", flags)
+        return completion_ids, logprobs
+
+    def _after_guidance(self, output):
+        """Exclude the guided completions from vLLM's importance-sampling correction, give them the chosen loss
+        (plain or LUFFY-shaped), and log how foreign they still are to the policy and their advantage."""
+        flags = torch.tensor(self._guided_local, dtype=torch.bool, device=self.accelerator.device)
+        # Per-row, so it follows each row through TRL's shuffle and split of the batch and dynamic sampling's merge.
+        output["guided"] = flags
+        if self.accelerator.gather(flags.sum().reshape(1)).sum().item() == 0:
+            return output  # every process agrees: no forward pass below, so collective ones stay in step
+        mask = output["completion_mask"] * output.get("tool_mask", 1)
+        if "importance_sampling_ratio" in output:
+            output["importance_sampling_ratio"][flags] = 1.0
+        logps = output.get("old_per_token_logps")
+        if logps is None:
+            # TRL computes the trainer's logprobs of the batch only when it needs them (several iterations, vLLM's
+            # correction); the guided completions need them for the log and the shaping: the same forward pass.
+            with torch.no_grad():
+                logps, _, _ = self._get_per_token_logps_and_entropies(
+                    self.model,
+                    torch.cat([output["prompt_ids"], output["completion_ids"]], dim=1),
+                    torch.cat([output["prompt_mask"], output["completion_mask"]], dim=1),
+                    output["completion_ids"].size(1),
+                    batch_size=self.args.per_device_train_batch_size,
+                    **{key: output.get(key) for key in ("pixel_values", "image_grid_thw", "num_images",
+                                                        "pixel_attention_mask", "spatial_shapes", "num_tiles",
+                                                        "image_sizes", "token_type_ids", "mm_token_type_ids",
+                                                        "image_position_ids")},
+                )  # fmt: skip
+        sums = torch.stack([(logps * mask)[flags].sum(), mask[flags].sum(), output["advantages"][flags].sum(),
+                            flags.sum().float()])  # fmt: skip
+        logp_sum, tokens, advantage_sum, rows = self.accelerator.gather(sums.reshape(1, -1)).sum(dim=0).tolist()
+        self._metrics["train"]["guided/logprob"].append(logp_sum / max(tokens, 1))
+        self._metrics["train"]["guided/advantage"].append(advantage_sum / max(rows, 1))
+        if self.guidance.shaping == "luffy":
+            old = logps.clone()
+            old[flags] = luffy_old_logps(logps[flags], self.guidance.gamma)
+            output["old_per_token_logps"] = old
+        return output
 
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
         # Kept for dynamic sampling: the gathered per-function rewards of the latest round (TRL does not return them).
@@ -165,10 +252,20 @@ class SamtokGRPOTrainer(GRPOTrainer):
         return self._last_rewards_per_func
 
     def _generate_and_score_completions(self, inputs):
-        output = super()._generate_and_score_completions(inputs)
+        output = self._generate_round(inputs)
         if self.dynamic_sampling is None or not self.model.training:
             return output
         return self._dynamic_sampling_rounds(inputs, output)
+
+    def _generate_round(self, inputs):
+        """One round of TRL's generation and scoring, with guided groups when they are on."""
+        if self.guidance is None or not self.model.training:
+            return super()._generate_and_score_completions(inputs)
+        self._round_inputs = inputs
+        try:
+            return self._after_guidance(super()._generate_and_score_completions(inputs))
+        finally:
+            self._round_inputs = None
 
     def _local_group_std(self, num_rows: int) -> torch.Tensor:
         """The reward spread of this process's groups in the latest round."""
@@ -191,7 +288,7 @@ class SamtokGRPOTrainer(GRPOTrainer):
             rows = refill_indices(len(self.train_dataset), needed, settings.seed, self.state.global_step, extra,
                                   self.accelerator.process_index)  # fmt: skip
             refill = [self.train_dataset[i] for i in rows for _ in range(generations)]
-            outputs.append(split_pixel_values_by_grid(super()._generate_and_score_completions(refill)))
+            outputs.append(split_pixel_values_by_grid(self._generate_round(refill)))
             informative.append((self._local_group_std(len(refill)) > settings.tolerance).tolist())
         groups, filled = select_groups(informative, needed)
         rows = [(r, g * generations + k) for r, g in groups for k in range(generations)]

@@ -176,6 +176,27 @@ def test_dynamic_sampling_under_zero3(tmp_path, datasets_dir):
     )
 
 
+@pytest.mark.parametrize("config", ["multi_gpu", "fsdp2"])
+def test_guided_groups_straddling_processes(config, tmp_path, datasets_dir):
+    """Groups of 4 over 2 processes x 2 rows: every group straddles the processes. Its last slot (on rank 1) takes
+    the reference answer, decided on the gathered scores (a random policy is never right), and LUFFY's forward pass
+    for the guided completions runs on both ranks in step (FSDP2's forward is collective)."""
+    argv = ["--dataset", datasets_dir["gres"], "--reward_preset", "gres", "--num_generations", "4",
+            "--max_completion_length", "100", "--max_train_samples", "4", "--guided_groups", "true",
+            "--guided_shaping", "luffy", "--rollout_prompts", "1"]  # fmt: skip
+    run = train(config, tmp_path, *argv)
+    assert_ranks_identical(run, [1, 2, 3])
+    assert [m["guided/fraction"] for m in run["metrics"] if "guided/fraction" in m] == [1.0, 1.0, 1.0]
+    assert all(m["guided/logprob"] < 0 for m in run["metrics"] if "guided/logprob" in m)
+    records = read_jsonl(tmp_path / "run" / "rollouts.jsonl")
+    assert [[r["guided"] for r in records if r["step"] == s] for s in (1, 2, 3)] == [[False] * 3 + [True]] * 3
+    assert all(r["rewards"]["gres_mask_reward"] == 1.0 for r in records if r["guided"])
+    print(
+        f"\nTABLE | {config} | full + guided groups (LUFFY) | ranks identical x3 | guided 3/3 groups | "
+        f"{run['wall']:.0f} s"
+    )
+
+
 def test_fsdp_config_on_cpu_is_refused_not_run_as_ddp(tmp_path, datasets_dir):
     """Without the test's switch, accelerate runs fsdp2.yaml on CPU as DDP: samtok-rl refuses it before training."""
     argv = [*TRAIN, "--dataset", datasets_dir["gres"], "--max_steps", "1", "--use_cpu", "--output_dir", str(tmp_path)]

@@ -136,6 +136,33 @@ def test_colocate_grpo_with_dynamic_sampling(tmp_path, gres_dir):
     print("completions/cut_at_vision_token per step:", [e["completions/cut_at_vision_token"] for e in steps])
 
 
+def test_colocate_guided_groups_stay_out_of_the_importance_sampling_correction(tmp_path, gres_dir):
+    """The reference answer was sampled by no engine: its sampling logprobs are missing and its importance-sampling
+    ratio is exactly 1, while the sampled completions keep vLLM's correction (their logprobs are vLLM's)."""
+    build_tiny_vlm("qwen2_5_vl")
+    spy_dir = tmp_path / "spy"
+    spy_dir.mkdir()
+    cmd = [
+        sys.executable, str(ROOT / "tests/guided_spy.py"), "--config", str(ROOT / "recipes/demo.yaml"),
+        "--output_dir", str(tmp_path / "run"), "--dataset", gres_dir, "--reward_funcs", "format_reward",
+        "--max_steps", "2", "--save_strategy", "no",
+        "--max_completion_length", "100", "--max_train_samples", "4", "--guided_groups", "true",
+        "--use_vllm", "--vllm_mode", "colocate", "--vllm_gpu_memory_utilization", "0.3",
+        "--vllm_max_model_length", "1024", "--max_pixels", "50176",
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=ROOT, env={**VLLM_ENV, "SAMTOK_SPY_DIR": str(spy_dir)}, capture_output=True,
+                          text=True, timeout=900)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    rows = [row for line in (spy_dir / "guided-0.jsonl").read_text().splitlines()
+            for row in json.loads(line).get("round", [])]  # fmt: skip
+    guided = [r for r in rows if r["guided"]]
+    sampled = [r for r in rows if not r["guided"]]
+    assert len(rows) == 16 and len(guided) == 4  # 2 steps x 2 prompts x 4 completions; a random policy is never right
+    assert all(r["sampling_logps_missing"] and r["is_ratio"] == [1.0, 1.0] for r in guided)
+    assert all(not r["sampling_logps_missing"] for r in sampled)
+    assert all(r["text"].startswith("<think>") and r["text"].endswith("<|im_end|>") for r in guided)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -57,6 +57,11 @@ PINNED = {
     Trainer._load_best_model: "0e183d55a9db7414",  # the same plain load_state_dict as `_load_from_checkpoint`
     DefaultFlowCallback.on_step_end: "33eb820c7cd1a18c",
     rewrite_logs: "c0d6c5a08ddd6d6d",
+    # Guided groups: the loss whose clipped ratio pi / pi_old carries LUFFY's shaping and whose importance-sampling
+    # multiplier is set to 1 for the reference answers; the forward pass they reuse; the per-completion log column.
+    GRPOTrainer._compute_loss: "80295546bbdbf6f7",
+    GRPOTrainer._get_per_token_logps_and_entropies: "ea73c3909275851d",
+    GRPOTrainer._log_completion_extra: "afe43ddaa96cfd5c",
 }
 
 
@@ -84,3 +89,9 @@ def test_the_hooks_the_overrides_rely_on_are_there():
     # Dynamic sampling reads the gathered rewards `_calculate_rewards` returns and merges these output keys.
     source = inspect.getsource(GRPOTrainer._generate_and_score_completions)
     assert "rewards_per_func = self._calculate_rewards(" in source and '"advantages": advantages' in source
+    # Guided groups: a missing vLLM logprob (NaN) gives a zero difference, so an importance-sampling ratio of 1, and
+    # the clipped objective is -min(r A, clip(r) A).
+    assert "per_token_logps_diff = torch.nan_to_num(per_token_logps_diff, nan=0.0)" in source
+    loss = inspect.getsource(GRPOTrainer._compute_loss)
+    assert "per_token_loss = -torch.min(per_token_loss1, per_token_loss2)" in loss
+    assert 'per_token_loss = per_token_loss * inputs["importance_sampling_ratio"]' in loss

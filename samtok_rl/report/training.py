@@ -101,6 +101,8 @@ def _kinds(record: dict, masks: np.ndarray) -> set[str]:
     codes = [tuple(c) for c in record["codes"]]
     answer = split_think_answer(record["completion"])[1]
     kinds = set()
+    if record.get("guided"):
+        kinds.add("guided")
     if len(codes) != len(set(codes)):
         kinds.add("duplicates")
     if not codes and answer is not None and NO_TARGET.lower() in answer.lower():
@@ -113,6 +115,7 @@ def _kinds(record: dict, masks: np.ndarray) -> set[str]:
 
 
 _KIND_LABELS = {
+    "guided": "reference answers (guided groups)",
     "zero-std": "zero-std groups",
     "duplicates": "duplicate spans",
     "no-target-answer": '"No target." answers',
