@@ -59,6 +59,8 @@ def step_line(logs: dict, step: int, max_steps: int | None = None) -> str:
     >>> step_line({"reward": 2.5, "reward_std": 0.4, "rewards/format_reward/mean": 1.0, "kl": 0.002,
     ...            "frac_reward_zero_std": 0.25, "step_time": 1.5, "loss": 0.1}, 3, 20)
     'step 3/20  reward 2.500 ± 0.400  [format 1.000]  kl 0.002  zero-std 0.250  1.50 s/step'
+    >>> step_line({"reward": 3.0, "frac_reward_zero_std": 0.0, "guided/fraction": 0.5}, 4, 20)
+    'step 4/20  reward 3.000  kl -  zero-std 0.000  guided 0.500'
     >>> step_line({"train_runtime": 61.2, "train_loss": 0.01}, 20, 20)
     'step 20/20  train_runtime 61.200  train_loss 0.010'
     >>> step_line({"eval_giou": 41.5, "eval_ciou": 38.25}, 20, 20)
@@ -80,6 +82,8 @@ def step_line(logs: dict, step: int, max_steps: int | None = None) -> str:
     parts.append(f"kl {_num(logs['kl'])}" if "kl" in logs else "kl -")  # TRL logs KL only when beta > 0
     if "frac_reward_zero_std" in logs:
         parts.append(f"zero-std {_num(logs['frac_reward_zero_std'])}")
+    if "guided/fraction" in logs:  # guided groups (samtok_rl.guided): the share of groups given the reference answer
+        parts.append(f"guided {_num(logs['guided/fraction'])}")
     if "step_time" in logs:
         parts.append(f"{logs['step_time']:.2f} s/step")
     return "  ".join(parts)

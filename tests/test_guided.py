@@ -92,6 +92,7 @@ def test_the_reference_answer_is_the_group_maximum_scored_by_the_same_rewards(tm
 
     html = Path(inspect_folder(InspectConfig(folder=str(tmp_path), mask_tokenizer="micro"))["index"]).read_text()
     assert html.count("reference answers (guided groups)</span>") == 4
+    assert 'alt="guided groups"' in html  # the curves of guided/fraction, logprob and advantage
 
 
 @pytest.mark.parametrize("kind", ["qwen2_5_vl", "qwen3_vl"])

@@ -27,6 +27,8 @@ PANELS = (
         lambda k: (k.startswith("gres/") or k.startswith("gcg/")) and ("rate" in k or "no_target" in k),
     ),
     ("GRPO signal", lambda k: k in ("frac_reward_zero_std", "reward_std", "kl", "entropy", "clip_ratio/region_mean")),
+    # Guided groups (`samtok_rl.guided`): how often the reference answer is put in, and how foreign it still is.
+    ("guided groups", lambda k: k.startswith("guided/")),
     # The benchmark's metrics on the eval split (`samtok_rl.training_eval`), in percent.
     (
         "eval split: benchmark metrics",
