@@ -16,7 +16,8 @@
    held-out types included, evaluating val (decoded GT codes as ground truth) at step 0, every `eval_steps` and at the
    end (`samtok_rl.training_eval`): the curve is printed and plotted in the run's report, and the last evaluation is
    checked against `samtok-rl eval` of the saved model; `--dynamic_sampling` adds a second GRPO run from the same warm start with dynamic
-   sampling on.
+   sampling on, `--guided true` two with guided groups (`samtok_rl.guided`: plain loss and LUFFY-shaped, at the first
+   of `--guided_thresholds`) and one per further threshold; `--plain false` leaves out the plain GRPO run.
 4. **Evaluation** of the warm start and of each GRPO model on val with `samtok-rl eval` (greedy), scored against the
    true masks and against the masks decoded from the GT codes (the best the micro tokenizer can draw: this isolates
    the policy), plus the exact-code accuracy (the predicted set of code pairs equals the GT set; no-target: both
