@@ -147,6 +147,40 @@ def training_curves(folders: dict[int, Path], held_out: dict[int, list[str]], pa
     return path
 
 
+def kinds_of_prompts(folder: Path, held_out: list[str]) -> dict[str, str]:
+    """The kind of expression (`miniature.ROW_KINDS`) of each GRPO training prompt of a seed's folder, by prompt text."""
+    from samtok_rl.prepare import load_prepared
+    from samtok_rl.prompts import message_text
+
+    rl = load_prepared(folder / "prepared" / "rl")
+    return {message_text(p): miniature.row_kind(e, c, held_out)
+            for p, e, c in zip(rl["prompt"], rl["expression"], rl["gt_codes"])}  # fmt: skip
+
+
+def guided_share(folders: dict[int, Path], held_out: dict[int, list[str]], arms: list[str]) -> str:
+    """Which training prompts got the reference answer: guided groups / groups per kind of expression, all seeds,
+    from each guided arm's `rollouts.jsonl` (every prompt of every step is recorded)."""
+    guided_arms = [a for a in arms if a.startswith("guided")]
+    lines = ["| kind of training prompt | " + " | ".join(miniature.arm_label(a) for a in guided_arms) + " |",
+             "|---|" + "---:|" * len(guided_arms)]  # fmt: skip
+    counts = {a: {kind: [0, 0] for kind in miniature.ROW_KINDS} for a in guided_arms}
+    for seed, folder in folders.items():
+        kind_of = kinds_of_prompts(folder, held_out[seed])
+        for arm in guided_arms:
+            groups: dict[tuple[int, int], list[dict]] = {}
+            for line in (folder / arm / "rollouts.jsonl").read_text().splitlines():
+                record = json.loads(line)
+                groups.setdefault((record["step"], record["prompt_index"]), []).append(record)
+            for records in groups.values():
+                count = counts[arm][kind_of[records[0]["prompt"]]]
+                count[0] += any(r["guided"] for r in records)
+                count[1] += 1
+    for kind in miniature.ROW_KINDS:
+        cells = [f"{g}/{n} ({g / n:.0%})" if n else "-" for g, n in (counts[a][kind] for a in guided_arms)]
+        lines.append(f"| {kind} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def guided_curves(folders: dict[int, Path], held_out: dict[int, list[str]], arms: list[str], path: Path) -> Path:
     """Per arm, averaged over the seeds: the mask reward of the sampled completions (the reference answers left out)
     per kind of training prompt, and the share of groups guided, over the GRPO steps (windows of `WINDOW` steps)."""
@@ -155,18 +189,13 @@ def guided_curves(folders: dict[int, Path], held_out: dict[int, list[str]], arms
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from samtok_rl.prepare import load_prepared
-    from samtok_rl.prompts import message_text
-
     fig, axes = plt.subplots(1, len(miniature.ROW_KINDS) + 1, figsize=(17, 3.4), dpi=100)
     colours = dict(zip(arms, ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple")))
     for arm in arms:
         rewards: dict[tuple[str, int], list[float]] = {}
         guided: dict[int, list[float]] = {}
         for seed, folder in folders.items():
-            rl = load_prepared(folder / "prepared" / "rl")
-            kind_of = {message_text(p): miniature.row_kind(e, c, held_out[seed])
-                       for p, e, c in zip(rl["prompt"], rl["expression"], rl["gt_codes"])}  # fmt: skip
+            kind_of = kinds_of_prompts(folder, held_out[seed])
             for line in (folder / arm / "rollouts.jsonl").read_text().splitlines():
                 record = json.loads(line)
                 if not record.get("guided"):
@@ -219,12 +248,15 @@ def main() -> None:
             arms = {"guided": True, "guided_thresholds": [1.0, 0.5], "eval_steps": miniature.MiniatureConfig.grpo_steps,
                     "eval_on_start": False} if args.guided else {"dynamic_sampling": True}  # fmt: skip
             per_seed[seed] = miniature.run(miniature.MiniatureConfig(output_dir=str(folder), seed=seed, **arms))
+    # results.json written before it recorded held_out come from runs with the default
+    held_out = {seed: r.get("held_out", list(miniature.HELD_OUT)) for seed, r in per_seed.items()}
     text = summary(per_seed)
+    if args.guided:
+        text += "\n\nGroups given the reference answer, by kind of training prompt (all seeds):\n\n"
+        text += guided_share(folders, held_out, arms_of(list(per_seed.values())))
     print(text)
     results.parent.mkdir(exist_ok=True)
     results.write_text(json.dumps({"table": text, "seeds": per_seed}, indent=1) + "\n")
-    # results.json written before it recorded held_out come from runs with the default
-    held_out = {seed: r.get("held_out", list(miniature.HELD_OUT)) for seed, r in per_seed.items()}
     if args.guided:
         print(f"training curves: {guided_curves(folders, held_out, arms_of(list(per_seed.values())), plot)}")
     elif training_curves(folders, held_out, plot):
