@@ -100,27 +100,19 @@ class SamtokScriptArguments:
     )
     guided_groups: bool = field(
         default=False,
-        metadata={
-            "help": "Replace the last completion of each group without a right answer (best `guided_reward` score "
-            "below `guided_threshold`) by the reference answer, written in the prompt's format (`samtok_rl.guided`)."
-        },
-    )
+        metadata={"help": "Give each group without a right answer the reference answer in its last slot "
+                  "(`samtok_rl.guided`)."},
+    )  # fmt: skip
     guided_threshold: float = field(
-        default=1.0,
-        metadata={"help": "A group whose best task-reward score is below this gets the reference answer (1.0: no "
-                  "completion earns full mask credit)."},
-    )  # fmt: skip
+        default=1.0, metadata={"help": "A group is guided when its best guided_reward score is below this."}
+    )
     guided_reward: str | None = field(
-        default=None,
-        metadata={"help": "The reward that judges a right answer (default: the preset's mask reward, "
-                  "gres_mask_reward or gcg_mask_reward)."},
-    )  # fmt: skip
+        default=None, metadata={"help": "The reward that judges a right answer (default: the preset's mask reward)."}
+    )
     guided_shaping: str = field(
-        default="none",
-        metadata={"help": "The guided completion's loss: `none` (the plain GRPO term) or `luffy` (LUFFY's policy "
-                  "shaping pi / (pi + guided_gamma))."},
-    )  # fmt: skip
-    guided_gamma: float = field(default=0.1, metadata={"help": "LUFFY's shaping constant (the paper's 0.1)."})
+        default="none", metadata={"help": "The reference answer's loss: none (plain GRPO) or luffy (LUFFY's shaping)."}
+    )
+    guided_gamma: float = field(default=0.1, metadata={"help": "LUFFY's shaping constant."})
     eval_dataset: str | None = field(
         default=None,
         metadata={

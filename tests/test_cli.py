@@ -57,7 +57,9 @@ def test_help_is_the_commands_own_and_starts_with_config(command, capsys):
     assert lines[0].startswith(f"usage: samtok-rl {command} [--config FILE.yaml]")
     options = [line.strip() for line in lines if line.strip().startswith("--")]
     assert options[0].startswith("--config FILE.yaml")
-    assert len(lines) < 120  # readable: samtok-rl's own fields, not TRL's hundreds
+    assert (
+        len(lines) < 150
+    )  # readable: samtok-rl's own fields (about 30), not TRL's hundreds (--help_all: 1,000+ lines)
 
 
 def test_train_help_all_lists_trls_fields(capsys):
