@@ -42,6 +42,7 @@ from samtok_rl.dynamic_sampling import DynamicSampling, group_reward_std, merge_
 from samtok_rl.guided import Guidance, groups_to_guide, guided_ids, guided_text, luffy_old_logps, score_rows, slot_rows
 from samtok_rl.rollouts import append_rollouts, rollout_records
 from samtok_rl.runlog import use_compact_logs
+from samtok_rl.tokens import MaskTokenIds
 from samtok_rl.training_eval import BenchmarkEval, evaluate_policy
 from samtok_rl.vllm_rollouts import OnPolicyVLLMGeneration, engine_kwargs_for
 
@@ -95,6 +96,7 @@ class SamtokGRPOTrainer(GRPOTrainer):
         self.guidance = guidance
         self._round_inputs = None  # the rows of the generation round in progress (guided groups read them)
         self._guided_local = None  # which of this process's rows of that round carry the reference answer
+        self._code_token_ids = None  # the mask-code token ids (guided/code_logprob), looked up once
         if benchmark_eval is not None and kwargs.get("eval_dataset") is None:
             kwargs["eval_dataset"] = benchmark_eval.rows_dataset()
         self.rollout_prompts = rollout_prompts
@@ -235,10 +237,19 @@ class SamtokGRPOTrainer(GRPOTrainer):
                                                         "image_sizes", "token_type_ids", "mm_token_type_ids",
                                                         "image_position_ids")},
                 )  # fmt: skip
-        sums = torch.stack([(logps * mask)[flags].sum(), mask[flags].sum(), output["advantages"][flags].sum(),
-                            flags.sum().float()])  # fmt: skip
-        logp_sum, tokens, advantage_sum, rows = self.accelerator.gather(sums.reshape(1, -1)).sum(dim=0).tolist()
+        # The mean over every token is dominated by the think template and the tags, which the policy knows; the
+        # mask-code tokens are where the reference answer is foreign, so they get their own mean.
+        if self._code_token_ids is None:
+            self._code_token_ids = torch.tensor(sorted(MaskTokenIds.from_tokenizer(self.processing_class).number))
+        codes = torch.isin(output["completion_ids"], self._code_token_ids.to(logps.device)) * mask
+        sums = torch.stack([(logps * mask)[flags].sum(), mask[flags].sum(), (logps * codes)[flags].sum(),
+                            codes[flags].sum(), output["advantages"][flags].sum(), flags.sum()]).float()  # fmt: skip
+        logp_sum, tokens, code_sum, code_tokens, advantage_sum, rows = (
+            self.accelerator.gather(sums.reshape(1, -1)).sum(dim=0).tolist()
+        )
         self._metrics["train"]["guided/logprob"].append(logp_sum / max(tokens, 1))
+        if code_tokens:  # no-target reference answers hold no code
+            self._metrics["train"]["guided/code_logprob"].append(code_sum / code_tokens)
         self._metrics["train"]["guided/advantage"].append(advantage_sum / max(rows, 1))
         if self.guidance.shaping == "luffy":
             old = logps.clone()

@@ -87,6 +87,7 @@ def test_the_reference_answer_is_the_group_maximum_scored_by_the_same_rewards(tm
     logged = [e for e in trainer.state.log_history if "guided/fraction" in e]
     assert [e["guided/fraction"] for e in logged] == [1.0, 1.0]
     assert all(e["guided/logprob"] < 0 and e["guided/advantage"] > 0 for e in logged)
+    assert all(e["guided/code_logprob"] < 0 for e in logged)  # the sample's first rows hold masks
     # The inspector marks them: one chip per guided completion on the step cards.
     from samtok_rl.inspector import InspectConfig, inspect_folder
 
