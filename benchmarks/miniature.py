@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 from pathlib import Path
@@ -256,6 +257,9 @@ def main() -> None:
         text += guided_share(folders, held_out, arms_of(list(per_seed.values())))
     print(text)
     results.parent.mkdir(exist_ok=True)
+    for r in per_seed.values():  # the committed file names no machine's folders
+        if r.get("report"):
+            r["report"] = os.path.relpath(r["report"])
     results.write_text(json.dumps({"table": text, "seeds": per_seed}, indent=1) + "\n")
     if args.guided:
         print(f"training curves: {guided_curves(folders, held_out, arms_of(list(per_seed.values())), plot)}")
