@@ -209,9 +209,7 @@ def main(script_args=None, training_args=None, model_args=None):
         processor = load_processor(path, script_args, model_args, training_args)
     check_mask_tokens(processor)
     if guided_reward is not None:
-        columns = [c for c in ("prompt", "solution", "expression", "no_target") if c in dataset.column_names]
-        check_guided_lengths(dataset.select_columns(columns), processor.tokenizer,
-                             training_args.max_completion_length, script_args.dataset)  # fmt: skip
+        check_guided_lengths(dataset, processor.tokenizer, training_args.max_completion_length, script_args.dataset)
     model = load_model(path, model_args, training_args)
     if script_args.freeze_vision_tower:
         logger.info("vision tower frozen (%d parameters)", freeze_vision_tower(model))

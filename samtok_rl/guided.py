@@ -43,7 +43,7 @@ from dataclasses import dataclass
 import torch
 
 from samtok_rl.errors import UsageError
-from samtok_rl.warmstart import completion_text
+from samtok_rl.warmstart import completion_rows, completion_text
 
 
 __all__ = [
@@ -138,13 +138,13 @@ def guided_ids(tokenizer, text: str, eos_token_id: int) -> list[int]:
     return [*tokenizer(text, add_special_tokens=False)["input_ids"], eos_token_id]
 
 
-def check_guided_lengths(rows, tokenizer, max_completion_length: int, source: str) -> None:
+def check_guided_lengths(dataset, tokenizer, max_completion_length: int, source: str) -> None:
     """Every row's guided completion must fit `max_completion_length`: a cut reference answer is no right answer.
 
-    `rows` iterates prepared rows (their text columns suffice); `source` names the dataset in the error.
+    `dataset` holds prepared rows; `source` names it in the error.
     """
-    for index, row in enumerate(rows):
-        length = len(tokenizer(guided_text(row), add_special_tokens=False)["input_ids"]) + 1
+    for index, row in enumerate(completion_rows(dataset)):
+        length = len(guided_ids(tokenizer, guided_text(row), tokenizer.eos_token_id))
         if length > max_completion_length:
             raise UsageError(f"{source}: row {index}: the reference answer takes {length} tokens with EOS, more than "
                              f"max_completion_length {max_completion_length} (guided_groups would cut it)")  # fmt: skip

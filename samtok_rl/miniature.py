@@ -301,8 +301,7 @@ def check_last_evaluation(stage: Stage, run_dir: Path) -> dict:
     from samtok_rl.evaluate import EvalConfig, evaluate
     from samtok_rl.training_eval import LOGGED, eval_folder
 
-    entries = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    curve = {e["step"]: e for e in entries if "eval/giou" in e}
+    curve = {e["step"]: e for e in _run_metrics(run_dir) if "eval/giou" in e}
     last = max(curve)
     settings = json.loads((eval_folder(run_dir, last) / "eval_settings.json").read_text())
     result = evaluate(EvalConfig(model=str(run_dir), task="gres", data=settings["data"], split="val",
@@ -422,10 +421,16 @@ def arm_label(name: str) -> str:
     return ARMS.get(name) or f"guided t={name.removeprefix('guided_t')}"
 
 
+def _run_metrics(run_dir: Path) -> list[dict]:
+    """Every entry of a GRPO run's `metrics.jsonl`."""
+    from samtok_rl.runlog import METRICS_FILE
+
+    return [json.loads(line) for line in (run_dir / METRICS_FILE).read_text().splitlines()]
+
+
 def _train_seconds(run_dir: Path) -> float | None:
     """The GRPO run's training time (transformers' `train_runtime`, evaluations included) from `metrics.jsonl`."""
-    entries = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return next((e["train_runtime"] for e in reversed(entries) if "train_runtime" in e), None)
+    return next((e["train_runtime"] for e in reversed(_run_metrics(run_dir)) if "train_runtime" in e), None)
 
 
 def table(results: dict) -> str:

@@ -49,6 +49,11 @@ from samtok_rl.vllm_rollouts import OnPolicyVLLMGeneration, engine_kwargs_for
 
 logger = logging.getLogger(__name__)
 
+# The per-batch model inputs besides the ids and masks that TRL's generation output may hold, as `_compute_loss` passes
+# them to `_get_per_token_logps_and_entropies`.
+FORWARD_KEYS = ("pixel_values", "image_grid_thw", "num_images", "pixel_attention_mask", "spatial_shapes", "num_tiles",
+                "image_sizes", "token_type_ids", "mm_token_type_ids", "image_position_ids")  # fmt: skip
+
 
 _torch_load = torch.load
 
@@ -176,12 +181,13 @@ class SamtokGRPOTrainer(GRPOTrainer):
         inputs, guidance, generations = self._round_inputs, self.guidance, self.num_generations
         tokenizer = self.processing_class.tokenizer
         n = len(completion_ids)
+        offset = self.accelerator.process_index * n  # this process's first row in the gathered batch
         reward = self.reward_funcs[guidance.reward_index]
         prompts = [row["prompt"] for row in inputs]
-        texts = self.processing_class.batch_decode(completion_ids, skip_special_tokens=True)
-        sampled = torch.tensor(score_rows(reward, prompts, texts, completion_ids, inputs))
+        sampled_texts = self.processing_class.batch_decode(completion_ids, skip_special_tokens=True)
+        sampled = torch.tensor(score_rows(reward, prompts, sampled_texts, completion_ids, inputs))
         # The reference answer is scored at each group's last slot only (a pixel reward decodes what it scores).
-        slots = slot_rows(n, self.accelerator.process_index * n, generations)
+        slots = slot_rows(n, offset, generations)
         texts = [guided_text(inputs[i]) for i in slots]
         ids = [guided_ids(tokenizer, text, self.eos_token_ids[0]) for text in texts]
         reference = torch.full((n,), float("nan"))
@@ -194,7 +200,6 @@ class SamtokGRPOTrainer(GRPOTrainer):
         guided = groups_to_guide(self.accelerator.gather(sampled.to(device)).cpu(),
                                  self.accelerator.gather(reference.to(device)).cpu(), generations,
                                  guidance.threshold)  # fmt: skip
-        offset = self.accelerator.process_index * n
         flags = [False] * n
         completion_ids, logprobs = list(completion_ids), None if logprobs is None else list(logprobs)
         for i, token_ids in zip(slots, ids):
@@ -232,11 +237,8 @@ class SamtokGRPOTrainer(GRPOTrainer):
                     torch.cat([output["prompt_mask"], output["completion_mask"]], dim=1),
                     output["completion_ids"].size(1),
                     batch_size=self.args.per_device_train_batch_size,
-                    **{key: output.get(key) for key in ("pixel_values", "image_grid_thw", "num_images",
-                                                        "pixel_attention_mask", "spatial_shapes", "num_tiles",
-                                                        "image_sizes", "token_type_ids", "mm_token_type_ids",
-                                                        "image_position_ids")},
-                )  # fmt: skip
+                    **{key: output.get(key) for key in FORWARD_KEYS},
+                )
         # The mean over every token is dominated by the think template and the tags, which the policy knows; the
         # mask-code tokens are where the reference answer is foreign, so they get their own mean.
         if self._code_token_ids is None:
@@ -275,8 +277,8 @@ class SamtokGRPOTrainer(GRPOTrainer):
         self._round_inputs = inputs
         try:
             return self._after_guidance(super()._generate_and_score_completions(inputs))
-        finally:
-            self._round_inputs = None
+        finally:  # nothing of this round can leak into the next
+            self._round_inputs = self._guided_local = None
 
     def _local_group_std(self, num_rows: int) -> torch.Tensor:
         """The reward spread of this process's groups in the latest round."""

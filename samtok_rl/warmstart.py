@@ -43,6 +43,12 @@ logger = logging.getLogger(__name__)
 WARMSTART_VERSION = "ws1"
 
 
+def completion_rows(dataset):
+    """`dataset` with only the columns [`completion_text`] reads (not the images: decoding them is slow)."""
+    return dataset.select_columns([c for c in ("prompt", "solution", "expression", "no_target")
+                                   if c in dataset.column_names])  # fmt: skip
+
+
 def completion_text(row: dict) -> str:
     """The SFT target of one prepared row: a templated think part, then the reference answer (`solution`); the bare
     answer for a prompt without the think/answer instruction (prepared with `think: false`)."""
@@ -91,8 +97,7 @@ def warm_start_dir(
         root = cache_dir("warmstart")
     base = str(Path(model_dir).resolve()) if Path(model_dir).is_dir() else str(model_dir)  # a folder or a Hub id
     h = hashlib.sha256(json.dumps([base, learning_rate, batch_size]).encode())
-    text_columns = [c for c in ("prompt", "solution", "expression", "no_target") if c in dataset.column_names]
-    for row in dataset.select_columns(text_columns):  # not the images: decoding them is slow, the answers suffice
+    for row in completion_rows(dataset):
         h.update(json.dumps([row["prompt"], completion_text(row)], sort_keys=True).encode())
     name = f"{Path(model_dir).name}-steps{steps}-seed{seed}-{WARMSTART_VERSION}-{h.hexdigest()[:10]}"
     return Path(root) / name

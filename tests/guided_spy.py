@@ -15,11 +15,7 @@ from pathlib import Path
 import torch
 
 from samtok_rl import grpo
-from samtok_rl.trainer import SamtokGRPOTrainer
-
-
-FORWARD_KEYS = ("pixel_values", "image_grid_thw", "num_images", "pixel_attention_mask", "spatial_shapes", "num_tiles",
-                "image_sizes", "token_type_ids", "mm_token_type_ids", "image_position_ids")  # fmt: skip
+from samtok_rl.trainer import FORWARD_KEYS, SamtokGRPOTrainer
 
 
 class GuidedSpy(SamtokGRPOTrainer):
