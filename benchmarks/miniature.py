@@ -103,9 +103,6 @@ def training_curves(folders: dict[int, Path], held_out: dict[int, list[str]], pa
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from samtok_rl.prepare import load_prepared
-    from samtok_rl.prompts import message_text
-
     fig, axes = plt.subplots(1, len(miniature.ROW_KINDS), figsize=(14, 3.4), dpi=100, sharey=True)
     drawn = False
     colours = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:olive")
@@ -114,11 +111,7 @@ def training_curves(folders: dict[int, Path], held_out: dict[int, list[str]], pa
     for colour, (seed, folder) in zip(colours, folders.items()):
         if not (folder / "prepared" / "rl").is_dir():
             continue
-        rl = load_prepared(folder / "prepared" / "rl")
-        kind_of = {
-            message_text(prompt): miniature.row_kind(expression, codes, held_out[seed])
-            for prompt, expression, codes in zip(rl["prompt"], rl["expression"], rl["gt_codes"])
-        }
+        kind_of = kinds_of_prompts(folder, held_out[seed])
         for arm, style in ARM_STYLES.items():
             rollouts = folder / arm / "rollouts.jsonl"
             if not rollouts.is_file():
