@@ -35,7 +35,7 @@ from samtok_rl.files import cache_dir, save_checkpoint
 from samtok_rl.prompts import asks_to_think
 
 
-__all__ = ["WARMSTART_VERSION", "completion_text", "sft_dataset", "warm_start", "warm_start_dir"]
+__all__ = ["WARMSTART_VERSION", "completion_rows", "completion_text", "sft_dataset", "warm_start", "warm_start_dir"]
 
 logger = logging.getLogger(__name__)
 
